@@ -1,0 +1,125 @@
+//! `cargo xtask`: the project's task runner.
+//!
+//! It only orchestrates. Every pipeline step is a subcommand of the `dssm` binary (crate `dssm-cli`), which
+//! xtask builds in release mode and runs with the arguments given here; `cargo xtask <step> --help` prints
+//! that step's own help. The tasks that belong to the repository rather than to the product (`acceptance`,
+//! `bench-*`, `ci`) are written here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Pipeline steps forwarded to the `dssm` binary unchanged.
+const DSSM_STEPS: &[(&str, &str)] = &[
+    (
+        "prepare-data",
+        "MovieLens (or synthetic) files -> encoded, split Parquet dataset",
+    ),
+    ("train", "train a model from a run config (TOML)"),
+    (
+        "eval",
+        "re-evaluate a run's best checkpoint on the test split",
+    ),
+    ("export", "write a run's user and item embeddings to Parquet"),
+    ("recommend", "top-K movies for a user (or a described new user)"),
+    (
+        "evaluate-retrieval",
+        "leave-last-out HR/NDCG/MRR of a run, beside the popularity baseline",
+    ),
+];
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    std::env::set_current_dir(&root)
+        .with_context(|| format!("cannot enter the workspace root {}", root.display()))?;
+    let mut args = std::env::args().skip(1);
+    let Some(task) = args.next() else {
+        print_help();
+        return Ok(());
+    };
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "-h" | "--help" | "help" => {
+            print_help();
+            Ok(())
+        }
+        "acceptance" => acceptance(&rest),
+        "bench-data" => run_cargo(&["bench", "-p", "dssm-data", "--bench", "prepare"], &rest),
+        "bench-sampler" => run_cargo(&["bench", "-p", "dssm-sampler"], &rest),
+        "bench-model" => run_cargo(&["bench", "-p", "dssm-model"], &rest),
+        "bench-retrieval" => run_cargo(&["bench", "-p", "dssm-retrieval"], &rest),
+        step if DSSM_STEPS.iter().any(|(name, _)| *name == step) => {
+            let mut forwarded = vec![step.to_string()];
+            forwarded.extend(rest);
+            dssm(&forwarded)
+        }
+        other => bail!("unknown task `{other}`; run `cargo xtask --help` for the list"),
+    }
+}
+
+fn print_help() {
+    println!("cargo xtask <task> [args...]\n\nPipeline steps (run the release `dssm` binary; `<step> --help` for options):");
+    for (name, about) in DSSM_STEPS {
+        println!("  {name:<20} {about}");
+    }
+    println!(
+        "\nRepository tasks:\n  \
+         acceptance           real-data checks on ../shared/datasets/ml-1m-bench (skipped, saying so, when absent)\n  \
+         bench-data           time and peak memory of preparing ML-1M end to end\n  \
+         bench-sampler        negative sampling draws/s against the RNG alone and a baseline\n  \
+         bench-model          forward+backward+step samples/s of the reference architecture\n  \
+         bench-retrieval      exact and HNSW top-K speed and recall"
+    );
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+}
+
+fn run_cargo(base: &[&str], extra: &[String]) -> Result<()> {
+    let status = cargo()
+        .args(base)
+        .args(extra)
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", base.join(" "));
+    }
+    Ok(())
+}
+
+/// Builds (if needed) and runs the release `dssm` binary with `args`.
+fn dssm(args: &[String]) -> Result<()> {
+    run_cargo(
+        &["run", "--release", "--quiet", "-p", "dssm-cli", "--bin", "dssm", "--"],
+        args,
+    )
+}
+
+/// The real-data acceptance: the `acceptance` test target of `dssm-e2e` with training enabled. It prepares
+/// ML-1M under both protocols from `../shared/datasets/ml-1m-bench`, checks the counts the issues name, then
+/// trains the recipes in `configs/` and checks their test figures. Without the data it says it skipped.
+fn acceptance(extra: &[String]) -> Result<()> {
+    let status = cargo()
+        .args([
+            "test", "--release", "-p", "dssm-e2e", "--test", "acceptance", "--", "--nocapture",
+            "--test-threads", "1",
+        ])
+        .args(extra)
+        .env("DSSM_ACCEPTANCE_TRAIN", "1")
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("the real-data acceptance failed ({status})");
+    }
+    Ok(())
+}
