@@ -1,0 +1,66 @@
+//! DSSM two-tower model on Candle: feature embeddings, SENet, MLP towers, dot/cosine similarity with a
+//! temperature, a stable BCE with logits, and safetensors save/load.
+//!
+//! Built from a [`ModelConfig`] (a list of [`FeatureSpec`]s); it knows nothing of datasets and does no IO
+//! besides its own weights and config.
+//!
+//! # Tower
+//! 1. Field embeddings `[B, F, E]`: categorical ids are looked up (id 0, the unknown value, has its own
+//!    learned row); multi-categorical ids are looked up and pooled (mean or sum) over the non-zero ids,
+//!    all-padding gives zeros; dense features are projected linearly (weight and bias) to `E`. All sparse
+//!    fields of a side share one table (per-field row offsets), so a batch needs a single lookup.
+//! 2. SENet (optional): squeeze each field by the mean (or max) over `E`, then
+//!    `FC(F -> max(1, F / reduction)) -> ReLU -> FC(-> F) -> sigmoid`; the weights are per example and
+//!    rescale that example's fields.
+//! 3. Flatten to `[B, F * E]` and the MLP: `Linear -> activation -> dropout` between layers, a plain
+//!    linear last layer, optional L2 normalisation.
+//!
+//! The score is `similarity(user, item) / temperature`, a logit.
+//!
+//! # Example
+//! ```
+//! use candle_core::Device;
+//! use dssm_model::{Dssm, FeatureSpec, HostColumn, Mode, ModelConfig, Side, SideBatch};
+//!
+//! let config = ModelConfig {
+//!     features: vec![
+//!         FeatureSpec::categorical("user_id", Side::User, 100),
+//!         FeatureSpec::categorical("gender", Side::User, 3),
+//!         FeatureSpec::categorical("movie_id", Side::Item, 50),
+//!         FeatureSpec::categorical("year", Side::Item, 10),
+//!     ],
+//!     ..ModelConfig::default()
+//! };
+//! let device = Device::Cpu;
+//! let model = Dssm::new(config, 42, &device)?;
+//! let users = SideBatch::from_host(model.config(), Side::User, 2,
+//!     &[HostColumn::Ids(&[1, 2]), HostColumn::Ids(&[1, 2])], &device)?;
+//! let items = SideBatch::from_host(model.config(), Side::Item, 2,
+//!     &[HostColumn::Ids(&[7, 9]), HostColumn::Ids(&[0, 3])], &device)?;
+//! let logits = model.forward(&users, &items, Mode::Eval)?;
+//! assert_eq!(logits.dims(), &[2]);
+//! # Ok::<(), dssm_model::ModelError>(())
+//! ```
+//!
+//! # Crate features
+//! - `cuda`: forwards to Candle's CUDA backend ([`parse_device`] accepts `cuda:N`). Off by default.
+
+#![deny(missing_docs)]
+
+mod batch;
+mod config;
+mod error;
+mod model;
+mod ops;
+
+#[cfg(test)]
+mod tests;
+
+pub use batch::{HostColumn, SideBatch};
+pub use config::{
+    Activation, ConfigError, FeatureKind, FeatureSpec, LEAKY_RELU_SLOPE, ModelConfig, Pooling,
+    SenetConfig, Side, Similarity, Squeeze, Temperature, TowerConfig,
+};
+pub use error::ModelError;
+pub use model::{CONFIG_FILE, Dssm, EMBEDDING_INIT_STD, Mode, WEIGHTS_FILE, parse_device};
+pub use ops::bce_with_logits;
