@@ -1,0 +1,65 @@
+//! The `dssm` command line: a thin layer of argument parsing, logging and progress display over the
+//! workspace's libraries. `cargo xtask <step>` runs the same subcommands.
+//!
+//! ```no_run
+//! // What `dssm prepare-data --dataset synthetic --out /tmp/synthetic` does, from Rust:
+//! dssm_cli::run(["dssm", "prepare-data", "--dataset", "synthetic", "--out", "/tmp/synthetic"])?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+use std::ffi::OsString;
+
+use clap::{Parser, Subcommand};
+
+mod prepare;
+mod progress;
+
+pub use prepare::PrepareArgs;
+
+/// DSSM two-tower retrieval on MovieLens: prepare data, train, evaluate, export and recommend.
+#[derive(Debug, Parser)]
+#[command(name = "dssm", version, about, long_about = None)]
+pub struct Cli {
+    /// The step to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse MovieLens (or synthetic) files, fit vocabularies and statistics on the train split, split by a
+    /// protocol and write a Parquet dataset folder.
+    PrepareData(PrepareArgs),
+}
+
+/// Parses `args` (the first one is the program name) and runs the subcommand.
+pub fn run<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let command_line = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cli = Cli::try_parse_from(&args).unwrap_or_else(|error| error.exit());
+    match cli.command {
+        Command::PrepareData(args) => prepare::run(&args, &command_line).map(|_| ()),
+    }
+}
+
+/// Sends `tracing` events to stderr, filtered by `RUST_LOG` (default `info`). Safe to call more than once.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,718 @@
+//! The one entry point of the CLI: source files in, dataset folder out.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::dataset::{self, Manifest, SplitCounts, TablesInput, files};
+use crate::encode::{MinFrequency, Vocabularies, train_stats};
+use crate::error::DataError;
+use crate::raw::RawData;
+use crate::source::{self, DatasetKind, ML1M_URL};
+use crate::split::{Protocol, Split, assign_splits};
+use crate::synthetic::{self, SyntheticConfig};
+
+/// Where the raw files come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A folder holding the files (users.dat, movies.dat, ratings.dat or u.user, u.item, u.data).
+    Folder(PathBuf),
+    /// A zip archive such as the official ml-1m.zip (entries under `ml-1m/`).
+    Zip(PathBuf),
+    /// ml-1m.zip at this path, downloaded and verified first when absent (feature `download`).
+    Download {
+        /// Where the zip is (or will be) stored.
+        zip_path: PathBuf,
+    },
+    /// Files made by the synthetic generator, in memory.
+    Synthetic(SyntheticConfig),
+}
+
+/// Everything [`prepare`] needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrepareRequest {
+    /// Where the raw files come from.
+    pub source: Source,
+    /// The files' layout.
+    pub kind: DatasetKind,
+    /// Split protocol. Default [`Protocol::Seed`].
+    pub protocol: Protocol,
+    /// Split seed (the `seed` protocol). Default 42.
+    pub seed: u64,
+    /// Rare-value rule. Default `Count(1)` (every value seen in train).
+    pub min_frequency: MinFrequency,
+    /// Label = rating > this. Default 3.
+    pub label_threshold: u8,
+    /// Quantile buckets of the per-movie train rating mean and count. Default 10.
+    pub rating_buckets: usize,
+    /// The dataset folder to create.
+    pub out_dir: PathBuf,
+    /// Replace an existing dataset folder. Default false.
+    pub overwrite: bool,
+    /// The creating command line, recorded in the manifest. Default empty.
+    pub command: String,
+}
+
+impl PrepareRequest {
+    /// A request with the documented defaults.
+    pub fn new(source: Source, kind: DatasetKind, out_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            source,
+            kind,
+            protocol: Protocol::Seed,
+            seed: 42,
+            min_frequency: MinFrequency::default(),
+            label_threshold: 3,
+            rating_buckets: 10,
+            out_dir: out_dir.into(),
+            overwrite: false,
+            command: String::new(),
+        }
+    }
+
+    /// Rejects inconsistent requests.
+    pub fn check(&self) -> Result<(), DataError> {
+        let bad = |message: String| Err(DataError::InvalidConfig { message });
+        match (&self.source, self.kind) {
+            (Source::Synthetic(_), k) if k != DatasetKind::Synthetic => {
+                return bad(format!(
+                    "a synthetic source needs dataset kind synthetic, not {}",
+                    k.name()
+                ));
+            }
+            (Source::Download { .. }, k) if k != DatasetKind::Ml1m => {
+                return bad(format!("only ml-1m can be downloaded, not {}", k.name()));
+            }
+            (Source::Synthetic(config), _) => config.check()?,
+            _ => {}
+        }
+        if self.label_threshold > 5 {
+            return bad(format!(
+                "label_threshold must be in 0..=5, not {}",
+                self.label_threshold
+            ));
+        }
+        if self.rating_buckets == 0 {
+            return bad("rating_buckets must be at least 1".into());
+        }
+        if let MinFrequency::Share(s) = self.min_frequency
+            && !(0.0..=1.0).contains(&s)
+        {
+            return bad(format!("min_frequency share must be in 0..=1, not {s}"));
+        }
+        if self.out_dir.file_name().is_none() {
+            return bad(format!(
+                "out_dir {} has no folder name",
+                self.out_dir.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A step of [`prepare`], reported to the caller's progress callback.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum PrepareStage {
+    /// Downloading ml-1m.zip.
+    Downloading {
+        /// The URL.
+        url: String,
+    },
+    /// Running the synthetic generator.
+    Generating {
+        /// Target number of ratings.
+        ratings: u64,
+    },
+    /// Reading source files.
+    Reading {
+        /// The folder or archive.
+        source: String,
+    },
+    /// Source files parsed.
+    Parsed {
+        /// Users read.
+        users: usize,
+        /// Movies read.
+        movies: usize,
+        /// Ratings read.
+        ratings: usize,
+    },
+    /// Assigning rows to splits.
+    Splitting {
+        /// The protocol.
+        protocol: Protocol,
+    },
+    /// Fitting vocabularies and statistics on train.
+    Fitting {
+        /// Train rows.
+        train_rows: u64,
+    },
+    /// Writing one file of the dataset folder.
+    Writing {
+        /// File name.
+        file: String,
+    },
+    /// Finished.
+    Done,
+}
+
+/// What [`prepare`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrepareSummary {
+    /// The dataset folder.
+    pub out_dir: PathBuf,
+    /// Rows per split.
+    pub rows: SplitCounts,
+    /// Users.
+    pub users: u64,
+    /// Movies.
+    pub items: u64,
+    /// Movies with at least one rating.
+    pub rated_items: u64,
+    /// Movies with at least one train rating.
+    pub train_items: u64,
+    /// Share of ratings above the label threshold.
+    pub positive_share: f64,
+    /// Wall time of the whole call.
+    pub elapsed: Duration,
+}
+
+/// Reads (downloading or generating when asked) and parses the raw files of a source.
+pub fn load_raw(
+    source: &Source,
+    kind: DatasetKind,
+    progress: &dyn Fn(PrepareStage),
+) -> Result<RawData, DataError> {
+    match source {
+        Source::Folder(dir) => {
+            progress(PrepareStage::Reading {
+                source: dir.display().to_string(),
+            });
+            source::parse_files(kind, source::read_folder(kind, dir)?)
+        }
+        Source::Zip(path) => read_zip(kind, path, progress),
+        Source::Download { zip_path } => {
+            if !zip_path.is_file() {
+                progress(PrepareStage::Downloading {
+                    url: ML1M_URL.to_string(),
+                });
+            }
+            source::ensure_ml1m_zip(zip_path)?;
+            read_zip(kind, zip_path, progress)
+        }
+        Source::Synthetic(config) => {
+            progress(PrepareStage::Generating {
+                ratings: config.ratings,
+            });
+            let files = synthetic::generate(config)?;
+            source::parse_files(kind, files.into_named())
+        }
+    }
+}
+
+fn read_zip(
+    kind: DatasetKind,
+    path: &Path,
+    progress: &dyn Fn(PrepareStage),
+) -> Result<RawData, DataError> {
+    progress(PrepareStage::Reading {
+        source: path.display().to_string(),
+    });
+    let (files, archive) = source::read_zip(kind, path)?;
+    let mut raw = source::parse_files(kind, files)?;
+    raw.sources.insert(0, archive);
+    Ok(raw)
+}
+
+/// Builds a dataset folder from a request: reads the source, splits by the protocol, fits the
+/// vocabularies and statistics on train, writes everything into a temporary sibling folder and
+/// renames it into place.
+///
+/// Refuses to replace an existing `out_dir` unless `overwrite` is set; a failure leaves no
+/// complete-looking folder behind.
+///
+/// ```
+/// use dssm_data::{prepare, Dataset, DatasetKind, PrepareRequest, Source, Split, SyntheticConfig};
+/// let dir = tempfile::tempdir().unwrap();
+/// let config = SyntheticConfig { users: 60, items: 50, ratings: 1_000, ..Default::default() };
+/// let request = PrepareRequest::new(
+///     Source::Synthetic(config), DatasetKind::Synthetic, dir.path().join("synthetic"));
+/// let summary = prepare(&request, &|stage| eprintln!("{stage:?}"))?;
+/// let dataset = Dataset::open(&summary.out_dir)?;
+/// assert_eq!(dataset.interactions(Split::Test)?.len() as u64, summary.rows.test);
+/// # Ok::<(), dssm_data::DataError>(())
+/// ```
+pub fn prepare(
+    request: &PrepareRequest,
+    progress: &dyn Fn(PrepareStage),
+) -> Result<PrepareSummary, DataError> {
+    let started = Instant::now();
+    request.check()?;
+    let out_dir = &request.out_dir;
+    if out_dir.exists() && !request.overwrite {
+        return Err(DataError::DatasetExists {
+            path: out_dir.clone(),
+        });
+    }
+
+    let raw = load_raw(&request.source, request.kind, progress)?;
+    progress(PrepareStage::Parsed {
+        users: raw.users.len(),
+        movies: raw.movies.len(),
+        ratings: raw.ratings.len(),
+    });
+
+    progress(PrepareStage::Splitting {
+        protocol: request.protocol,
+    });
+    let splits = assign_splits(
+        &raw.ratings,
+        raw.users.len(),
+        request.protocol,
+        request.seed,
+    );
+
+    let (_, item_stats) = train_stats(&raw, &splits);
+    let train_rows = splits.iter().filter(|s| **s == Split::Train).count() as u64;
+    progress(PrepareStage::Fitting { train_rows });
+    let vocabularies =
+        Vocabularies::fit(&raw, &splits, request.min_frequency, request.rating_buckets);
+
+    // Write into a temporary sibling, then rename.
+    let parent = match out_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
+    let name = out_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = TempDir::create(&parent, &name)?;
+
+    let (_, rows, positives) = dataset::write_tables(
+        tmp.path(),
+        &TablesInput {
+            raw: &raw,
+            splits: &splits,
+            vocabularies: &vocabularies,
+            item_stats: &item_stats,
+            label_threshold: request.label_threshold,
+        },
+        |file| {
+            progress(PrepareStage::Writing {
+                file: file.to_string(),
+            })
+        },
+    )?;
+
+    let mut rated = vec![false; raw.movies.len()];
+    for r in &raw.ratings {
+        rated[r.item_row as usize] = true;
+    }
+    let rated_items = rated.iter().filter(|&&r| r).count() as u64;
+    let train_items = item_stats.iter().filter(|s| s.count > 0).count() as u64;
+    let positive_share = if rows.total() == 0 {
+        0.0
+    } else {
+        positives.total() as f64 / rows.total() as f64
+    };
+    let manifest = Manifest {
+        format_version: 1,
+        dataset: request.kind.name().to_string(),
+        protocol: request.protocol,
+        seed: request.seed,
+        label_threshold: request.label_threshold,
+        min_frequency: request.min_frequency,
+        rating_buckets: request.rating_buckets,
+        source_files: raw.sources.clone(),
+        synthetic: match &request.source {
+            Source::Synthetic(config) => Some(config.clone()),
+            _ => None,
+        },
+        rows,
+        positives,
+        users: raw.users.len() as u64,
+        items: raw.movies.len() as u64,
+        rated_items,
+        train_items,
+        positive_share,
+        command: request.command.clone(),
+        created_at: rfc3339_utc(SystemTime::now()),
+        crate_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    progress(PrepareStage::Writing {
+        file: files::MANIFEST.to_string(),
+    });
+    dataset::write_json(&tmp.path().join(files::MANIFEST), &manifest)?;
+
+    tmp.commit(out_dir, request.overwrite)?;
+    progress(PrepareStage::Done);
+    Ok(PrepareSummary {
+        out_dir: out_dir.clone(),
+        rows,
+        users: manifest.users,
+        items: manifest.items,
+        rated_items,
+        train_items,
+        positive_share,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// A temporary sibling folder, removed on drop unless committed.
+struct TempDir {
+    path: Option<PathBuf>,
+}
+
+fn unique_suffix() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}-{nanos}", std::process::id())
+}
+
+impl TempDir {
+    fn create(parent: &Path, name: &str) -> Result<Self, DataError> {
+        let path = parent.join(format!(".{name}.tmp-{}", unique_suffix()));
+        fs::create_dir(&path).map_err(|e| DataError::io(&path, e))?;
+        Ok(Self { path: Some(path) })
+    }
+
+    fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new("."))
+    }
+
+    fn commit(mut self, dest: &Path, overwrite: bool) -> Result<(), DataError> {
+        let Some(tmp) = self.path.clone() else {
+            return Ok(());
+        };
+        let mut old = None;
+        if dest.exists() {
+            if !overwrite {
+                return Err(DataError::DatasetExists {
+                    path: dest.to_path_buf(),
+                });
+            }
+            let name = dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let aside = dest.with_file_name(format!(".{name}.old-{}", unique_suffix()));
+            fs::rename(dest, &aside).map_err(|e| DataError::io(dest, e))?;
+            old = Some(aside);
+        }
+        if let Err(e) = fs::rename(&tmp, dest) {
+            if let Some(aside) = &old {
+                let _ = fs::rename(aside, dest);
+            }
+            return Err(DataError::io(dest, e));
+        }
+        self.path = None;
+        if let Some(aside) = old {
+            let removed = if aside.is_dir() {
+                fs::remove_dir_all(&aside)
+            } else {
+                fs::remove_file(&aside)
+            };
+            if let Err(e) = removed {
+                tracing::warn!(path = %aside.display(), error = %e, "could not remove the replaced dataset");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = fs::remove_dir_all(path);
+        }
+    }
+}
+
+/// Formats a time as `YYYY-MM-DDTHH:MM:SSZ`.
+fn rfc3339_utc(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::{Dataset, FeatureValues};
+    use crate::encode::USER_FEATURES;
+    use std::cell::RefCell;
+
+    fn small() -> SyntheticConfig {
+        SyntheticConfig {
+            users: 120,
+            items: 90,
+            ratings: 4_000,
+            no_timestamp_share: 0.1,
+            ..SyntheticConfig::default()
+        }
+    }
+
+    #[test]
+    fn dates_format() {
+        assert_eq!(rfc3339_utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(978_300_760)),
+            "2000-12-31T22:12:40Z"
+        );
+        assert_eq!(
+            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(1_709_210_096)),
+            "2024-02-29T12:34:56Z"
+        );
+    }
+
+    #[test]
+    fn prepare_then_open_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ds");
+        let mut request =
+            PrepareRequest::new(Source::Synthetic(small()), DatasetKind::Synthetic, &out);
+        request.command = "dssm prepare-data --dataset synthetic".into();
+        let stages = RefCell::new(Vec::new());
+        let summary = prepare(&request, &|s| stages.borrow_mut().push(s)).unwrap();
+        assert_eq!(stages.borrow().last(), Some(&PrepareStage::Done));
+        assert!(stages.borrow().contains(&PrepareStage::Writing {
+            file: "train.parquet".into()
+        }));
+
+        let ds = Dataset::open(&out).unwrap();
+        assert_eq!(ds.manifest.rows, summary.rows);
+        assert_eq!(ds.manifest.command, request.command);
+        assert_eq!(ds.manifest.source_files.len(), 3);
+        assert_eq!(ds.users.user_id.len(), 120);
+        assert_eq!(ds.items.movie_id.len(), 90);
+        assert_eq!(ds.schema.features.len(), 10);
+        assert_eq!(ds.schema.label_threshold, 3);
+        let genres = ds
+            .schema
+            .features
+            .iter()
+            .find(|f| f.name == "genres")
+            .unwrap();
+        assert_eq!(genres.max_len, Some(3));
+        assert_eq!(
+            ds.users
+                .features
+                .columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            USER_FEATURES
+        );
+        match &ds.items.features.get("genres").unwrap().values {
+            FeatureValues::Multi { max_len, values } => {
+                assert_eq!(*max_len, 3);
+                assert_eq!(values.len(), 90 * 3);
+                assert!(values.chunks(3).all(|row| row[0] != 0));
+            }
+            other => panic!("genres should be multi-valued, got {other:?}"),
+        }
+
+        let mut total = 0;
+        let mut positives = 0;
+        let mut train_count = vec![0u32; 90];
+        for split in Split::ALL {
+            let rows = ds.interactions(split).unwrap();
+            assert_eq!(rows.len() as u64, summary.rows.get(split));
+            assert!(rows.line.windows(2).all(|w| w[0] < w[1]), "file order");
+            for i in 0..rows.len() {
+                assert_eq!(ds.users.user_id[rows.user_row[i] as usize], rows.user_id[i]);
+                assert_eq!(
+                    ds.items.movie_id[rows.item_row[i] as usize],
+                    rows.movie_id[i]
+                );
+                assert_eq!(rows.label[i], u8::from(rows.rating[i] > 3));
+                if split == Split::Train {
+                    train_count[rows.item_row[i] as usize] += 1;
+                }
+            }
+            assert!(rows.timestamp.iter().any(Option::is_none));
+            total += rows.len();
+            positives += rows.label.iter().map(|&l| l as usize).sum::<usize>();
+        }
+        assert_eq!(train_count, ds.items.train_count);
+        let share = positives as f64 / total as f64;
+        assert!((share - summary.positive_share).abs() < 1e-12);
+        assert!((0.55..=0.60).contains(&share), "{share}");
+        // Train 72 / val 8 / test 20.
+        let test_share = summary.rows.test as f64 / total as f64;
+        assert!((test_share - 0.2).abs() < 0.001, "{test_share}");
+
+        // A new user's attributes encode with the saved vocabularies.
+        let gender = ds.vocabularies.encode("gender", "F").unwrap();
+        assert!(gender > 0);
+        assert_eq!(ds.vocabularies.encode("gender", "X").unwrap(), 0);
+        assert_eq!(ds.vocabularies.encode("user_id", "999999").unwrap(), 0);
+        // The encoded user table agrees with the vocabularies.
+        let FeatureValues::Categorical(g) = &ds.users.features.get("gender").unwrap().values else {
+            panic!("gender is categorical")
+        };
+        for (row, value) in ds.users.gender.iter().enumerate() {
+            assert_eq!(g[row], ds.vocabularies.encode("gender", value).unwrap());
+        }
+        // Nothing temporary is left next to the dataset.
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["ds"]);
+    }
+
+    #[test]
+    fn leave_last_out_keeps_two_rows_per_user_out_of_train() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("llo");
+        let mut request =
+            PrepareRequest::new(Source::Synthetic(small()), DatasetKind::Synthetic, &out);
+        request.protocol = Protocol::LeaveLastOut;
+        let summary = prepare(&request, &|_| {}).unwrap();
+        let ds = Dataset::open(&out).unwrap();
+        let test = ds.interactions(Split::Test).unwrap();
+        let train = ds.interactions(Split::Train).unwrap();
+        let mut users: Vec<u32> = test.user_row.clone();
+        users.sort_unstable();
+        users.dedup();
+        assert_eq!(users.len(), test.len(), "one test row per user");
+        assert_eq!(summary.rows.val, summary.rows.test);
+        // Every test row is at least as late as all of its user's train rows.
+        let mut latest = vec![None; ds.users.user_id.len()];
+        for i in 0..train.len() {
+            let u = train.user_row[i] as usize;
+            let key = (train.timestamp[i], train.line[i]);
+            latest[u] = latest[u].max(Some(key));
+        }
+        for i in 0..test.len() {
+            let key = Some((test.timestamp[i], test.line[i]));
+            assert!(key > latest[test.user_row[i] as usize]);
+        }
+    }
+
+    #[test]
+    fn existing_datasets_are_not_overwritten_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ds");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("marker"), "old").unwrap();
+        let mut request =
+            PrepareRequest::new(Source::Synthetic(small()), DatasetKind::Synthetic, &out);
+        let err = prepare(&request, &|_| {}).unwrap_err();
+        assert!(matches!(err, DataError::DatasetExists { .. }));
+        assert!(out.join("marker").exists());
+        request.overwrite = true;
+        prepare(&request, &|_| {}).unwrap();
+        assert!(!out.join("marker").exists());
+        assert!(out.join("manifest.json").exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_failing_source_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("users.dat"), "1::F::1::10::48067\n").unwrap();
+        fs::write(src.join("movies.dat"), "1::A (1990)::Drama\n").unwrap();
+        fs::write(src.join("ratings.dat"), "1::1::5::1\n1::2::5::2\n").unwrap();
+        let out = dir.path().join("ds");
+        let request = PrepareRequest::new(Source::Folder(src.clone()), DatasetKind::Ml1m, &out);
+        let err = prepare(&request, &|_| {}).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("ratings.dat:2:"), "{message}");
+        assert!(message.contains("movie id"), "{message}");
+        assert!(!out.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn inconsistent_requests_are_rejected() {
+        let request = PrepareRequest::new(
+            Source::Synthetic(small()),
+            DatasetKind::Ml1m,
+            "/tmp/never-written",
+        );
+        assert!(matches!(
+            prepare(&request, &|_| {}),
+            Err(DataError::InvalidConfig { .. })
+        ));
+        let request = PrepareRequest::new(
+            Source::Download {
+                zip_path: "x.zip".into(),
+            },
+            DatasetKind::Ml100k,
+            "/tmp/never-written",
+        );
+        assert!(request.check().is_err());
+    }
+
+    #[test]
+    fn folder_source_with_ml100k_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("ml-100k");
+        fs::create_dir(&src).unwrap();
+        fs::write(
+            src.join("u.user"),
+            "1|24|M|technician|85711\n2|53|F|other|94043\n",
+        )
+        .unwrap();
+        let flags = |on: usize| {
+            (0..19)
+                .map(|i| if i == on { "1" } else { "0" })
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        fs::write(
+            src.join("u.item"),
+            format!(
+                "1|Toy Story (1995)|01-Jan-1995||u|{}\n2|GoldenEye (1995)|01-Jan-1995||u|{}\n",
+                flags(3),
+                flags(1)
+            ),
+        )
+        .unwrap();
+        let ratings: String = (0..10)
+            .map(|i| {
+                format!(
+                    "{}\t{}\t{}\t{}\n",
+                    1 + i % 2,
+                    1 + i / 5,
+                    1 + i % 5,
+                    880_000_000 + i
+                )
+            })
+            .collect();
+        fs::write(src.join("u.data"), ratings).unwrap();
+        let out = dir.path().join("ds");
+        let mut request = PrepareRequest::new(Source::Folder(src), DatasetKind::Ml100k, &out);
+        request.protocol = Protocol::LeaveLastOut;
+        let summary = prepare(&request, &|_| {}).unwrap();
+        assert_eq!(summary.rows.total(), 10);
+        assert_eq!(summary.rows.test, 2);
+        let ds = Dataset::open(&out).unwrap();
+        assert_eq!(ds.manifest.dataset, "ml-100k");
+        assert_eq!(ds.items.genres, ["Animation", "Action"]);
+        assert_eq!(ds.users.occupation, [19, 13]);
+    }
+}

@@ -1,0 +1,83 @@
+//! Real-data acceptance on MovieLens-1M, read from `../shared/datasets/ml-1m-bench` beside the checkout
+//! (CI and the development machines have it; it is never committed). Without it every test here prints that
+//! it skipped and passes. The training checks also need `DSSM_ACCEPTANCE_TRAIN=1` (`cargo xtask acceptance`
+//! sets it), since they take minutes.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use dssm_data::{Dataset, DatasetKind, PrepareRequest, Protocol, Source, Split, prepare};
+
+fn bench_folder() -> Option<PathBuf> {
+    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/ml-1m-bench");
+    if folder.join("ratings.dat").exists() {
+        Some(folder)
+    } else {
+        println!(
+            "skipped: {} not found, so the real-data acceptance did not run",
+            folder.display()
+        );
+        None
+    }
+}
+
+fn prepare_ml1m(source: PathBuf, protocol: Protocol, out: PathBuf) -> Dataset {
+    let mut request = PrepareRequest::new(Source::Folder(source), DatasetKind::Ml1m, &out);
+    request.protocol = protocol;
+    request.seed = 42;
+    let summary = prepare(&request, &|_| {}).expect("ML-1M prepares");
+    println!(
+        "{}: {} ratings (train {}, val {}, test {}), {} users, {} rated movies, {:.2}% positive, {:.2} s",
+        protocol.name(),
+        summary.rows.total(),
+        summary.rows.train,
+        summary.rows.val,
+        summary.rows.test,
+        summary.users,
+        summary.rated_items,
+        summary.positive_share * 100.0,
+        summary.elapsed.as_secs_f64()
+    );
+    Dataset::open(&out).expect("the prepared dataset opens")
+}
+
+#[test]
+fn ml1m_counts_match_the_published_dataset_under_both_protocols() {
+    let Some(source) = bench_folder() else { return };
+    let scratch = tempfile::tempdir().unwrap();
+    for protocol in [Protocol::Seed, Protocol::LeaveLastOut] {
+        let dataset = prepare_ml1m(
+            source.clone(),
+            protocol,
+            scratch.path().join(protocol.name()),
+        );
+        let manifest = &dataset.manifest;
+        assert_eq!(manifest.rows.total(), 1_000_209);
+        assert_eq!(manifest.users, 6_040);
+        assert_eq!(manifest.rated_items, 3_706);
+        assert!(
+            (manifest.positive_share - 0.575).abs() < 0.001,
+            "positive share {}",
+            manifest.positive_share
+        );
+        let mut rated = HashSet::new();
+        let mut rows = 0;
+        for split in [Split::Train, Split::Val, Split::Test] {
+            let interactions = dataset.interactions(split).unwrap();
+            rows += interactions.len();
+            rated.extend(interactions.movie_id.iter().copied());
+        }
+        assert_eq!(rows, 1_000_209);
+        assert_eq!(rated.len(), 3_706);
+        match protocol {
+            Protocol::Seed => {
+                assert_eq!(manifest.rows.test, 200_042);
+                assert_eq!(manifest.rows.train + manifest.rows.val, 800_167);
+            }
+            Protocol::LeaveLastOut => {
+                assert_eq!(manifest.rows.test, 6_040);
+                assert_eq!(manifest.rows.val, 6_040);
+            }
+        }
+    }
+}
