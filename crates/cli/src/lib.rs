@@ -14,8 +14,12 @@ use clap::{Parser, Subcommand};
 
 mod prepare;
 mod progress;
+mod retrieve;
+mod train;
 
 pub use prepare::PrepareArgs;
+pub use retrieve::{EvaluateRetrievalArgs, ExportArgs, IndexArg, RecommendArgs, SplitArg};
+pub use train::{EvalArgs, TrainArgs};
 
 /// DSSM two-tower retrieval on MovieLens: prepare data, train, evaluate, export and recommend.
 #[derive(Debug, Parser)]
@@ -32,6 +36,18 @@ pub enum Command {
     /// Parse MovieLens (or synthetic) files, fit vocabularies and statistics on the train split, split by a
     /// protocol and write a Parquet dataset folder.
     PrepareData(PrepareArgs),
+    /// Train a model from a run config: negatives resampled each epoch, validation every N epochs, the best
+    /// checkpoint by validation kept, the test split evaluated once at the end.
+    Train(TrainArgs),
+    /// Re-evaluate a run's best checkpoint on a split (test by default).
+    Eval(EvalArgs),
+    /// Write a run's user and item embeddings as Parquet, with the movie metadata needed to show results.
+    Export(ExportArgs),
+    /// Rank each user's held-out movie among all movies in train (protocol leave-last-out): HR, NDCG and
+    /// MRR at 10/20/50/100, unmasked and masked, beside the popularity baseline.
+    EvaluateRetrieval(EvaluateRetrievalArgs),
+    /// Top-K movies for a known user (by id) or a new one (gender, age, occupation).
+    Recommend(RecommendArgs),
 }
 
 /// Parses `args` (the first one is the program name) and runs the subcommand.
@@ -49,6 +65,11 @@ where
     let cli = Cli::try_parse_from(&args).unwrap_or_else(|error| error.exit());
     match cli.command {
         Command::PrepareData(args) => prepare::run(&args, &command_line).map(|_| ()),
+        Command::Train(args) => train::train(&args).map(|_| ()),
+        Command::Eval(args) => train::eval(&args),
+        Command::Export(args) => retrieve::export(&args),
+        Command::EvaluateRetrieval(args) => retrieve::evaluate(&args),
+        Command::Recommend(args) => retrieve::recommend(&args),
     }
 }
 

@@ -132,10 +132,9 @@ fn request_from_args(args: &PrepareArgs, command_line: &str) -> Result<PrepareRe
         }),
         (Some(path), _) if path.is_dir() => Source::Folder(path.clone()),
         (Some(path), _) if path.is_file() => Source::Zip(path.clone()),
-        (Some(path), _) => anyhow::bail!(
-            "--source {} is neither a folder nor a file",
-            path.display()
-        ),
+        (Some(path), _) => {
+            anyhow::bail!("--source {} is neither a folder nor a file", path.display())
+        }
         (None, DatasetKind::Ml1m) => Source::Download {
             zip_path: PathBuf::from(DOWNLOAD_ZIP),
         },
@@ -210,12 +209,19 @@ mod tests {
             .expect("arguments parse");
         match cli.command {
             crate::Command::PrepareData(args) => args,
+            other => panic!("expected prepare-data, got {other:?}"),
         }
     }
 
     #[test]
     fn default_output_folder_names_dataset_and_protocol() {
-        let args = parse(&["prepare-data", "--dataset", "synthetic", "--protocol", "leave-last-out"]);
+        let args = parse(&[
+            "prepare-data",
+            "--dataset",
+            "synthetic",
+            "--protocol",
+            "leave-last-out",
+        ]);
         let request = request_from_args(&args, "dssm prepare-data").unwrap();
         assert_eq!(
             request.out_dir,
@@ -240,11 +246,22 @@ mod tests {
 
     #[test]
     fn min_share_selects_the_share_rule_and_conflicts_with_min_count() {
-        let args = parse(&["prepare-data", "--dataset", "synthetic", "--min-share", "0.001"]);
+        let args = parse(&[
+            "prepare-data",
+            "--dataset",
+            "synthetic",
+            "--min-share",
+            "0.001",
+        ]);
         let request = request_from_args(&args, "").unwrap();
         assert_eq!(request.min_frequency, MinFrequency::Share(0.001));
         let cli = crate::Cli::try_parse_from([
-            "dssm", "prepare-data", "--min-share", "0.1", "--min-count", "3",
+            "dssm",
+            "prepare-data",
+            "--min-share",
+            "0.1",
+            "--min-count",
+            "3",
         ]);
         assert!(cli.is_err());
     }

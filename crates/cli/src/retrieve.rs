@@ -1,0 +1,1353 @@
+//! `dssm export`, `dssm evaluate-retrieval` and `dssm recommend`: the trained towers as embedding
+//! matrices, searched with `dssm-retrieval`.
+//!
+//! Scores are the towers' similarity: the inner product of the two embeddings, or, for a model with
+//! `similarity = "cosine"`, the inner product of the L2-normalised embeddings (normalised here the way
+//! the model does it). The model's logit is that divided by a positive temperature, so the order is
+//! the same.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use dssm_data::{Dataset, Protocol, Split, Vocabularies};
+use dssm_model::{FeatureKind, FeatureSpec, HostColumn, Mode, Side, SideBatch, Similarity};
+use dssm_retrieval::{
+    EmbeddingMatrix, ExactIndex, Exclusions, HnswConfig, HnswIndex, MatrixView, PROTOCOL_CUTOFFS,
+    PopularityBaseline, ProtocolVariant, RankingReport, ScoredItem, TopK, write_embeddings,
+};
+use dssm_trainer::{LoadedRun, RunConfig, layout, load_run};
+use serde::Serialize;
+
+/// File names written by `dssm export`.
+pub mod export_files {
+    /// User embeddings (`id` = raw MovieLens user id).
+    pub const USERS: &str = "user_embeddings.parquet";
+    /// Item embeddings (`id` = raw MovieLens movie id), every movie of movies.dat.
+    pub const ITEMS: &str = "item_embeddings.parquet";
+    /// What was exported, from which run and dataset, and where the movie metadata is.
+    pub const MANIFEST: &str = "export.json";
+}
+
+/// The same epsilon as the model's cosine similarity (`x / sqrt(|x|^2 + eps)`).
+const COSINE_EPS: f32 = 1e-12;
+
+/// Options of `dssm export`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Writes user_embeddings.parquet and item_embeddings.parquet (columns `id`, \
+    `embedding`) and export.json, which names the run's checkpoint and the dataset's items.parquet \
+    (movie_id, title, year, genres, train_count) for showing results.\n\nExamples:\n  \
+    dssm export --run runs/quickstart\n  \
+    dssm export --run runs/quickstart --out /tmp/quickstart-embeddings"
+)]
+pub struct ExportArgs {
+    /// A run folder written by `dssm train`.
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Where to write [default: <run>/embeddings].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// Options of `dssm evaluate-retrieval`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Protocol leave-last-out: every movie in the train split is a candidate; \
+    for each user, the held-out movie is ranked among them by the model's score. `unmasked` keeps \
+    the user's train movies in the ranking (DeepMatch, torch-rechub); `masked` removes them \
+    (RecBole). The popularity baseline (train interaction counts) is always printed beside the \
+    model. The figures go to <run>/retrieval-<split>.json.\n\nExamples:\n  \
+    dssm evaluate-retrieval --run runs/ml-1m-llo\n  \
+    dssm evaluate-retrieval --run runs/ml-1m-llo --split val"
+)]
+pub struct EvaluateRetrievalArgs {
+    /// A run folder written by `dssm train` on a dataset prepared with `--protocol leave-last-out`.
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Which held-out interaction to rank: the last (test) or the second-last (val) of each user.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    pub split: SplitArg,
+}
+
+/// The held-out splits of `leave-last-out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    /// The second-last interaction of each user.
+    Val,
+    /// The last interaction of each user.
+    Test,
+}
+
+impl From<SplitArg> for Split {
+    fn from(arg: SplitArg) -> Self {
+        match arg {
+            SplitArg::Val => Split::Val,
+            SplitArg::Test => Split::Test,
+        }
+    }
+}
+
+/// Options of `dssm recommend`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "A known user is looked up by MovieLens user id; a new user is described by \
+    gender, age and occupation only (the user id and every other user feature are unknown to the \
+    model). Candidates are the movies seen in train.\n\nExamples:\n  \
+    dssm recommend --run runs/quickstart --user 42 --exclude-seen\n  \
+    dssm recommend --run runs/quickstart --gender F --age 25 --occupation 4 -k 20\n  \
+    dssm recommend --run runs/quickstart --user 42 --index hnsw   # approximate search"
+)]
+pub struct RecommendArgs {
+    /// A run folder written by `dssm train`.
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// A MovieLens user id from the dataset's users.dat.
+    #[arg(
+        long,
+        value_name = "ID",
+        required_unless_present_all = ["gender", "age", "occupation"],
+        conflicts_with_all = ["gender", "age", "occupation"]
+    )]
+    pub user: Option<u32>,
+    /// A new user's gender.
+    #[arg(long, value_parser = ["M", "F"], requires_all = ["age", "occupation"], help_heading = "New user")]
+    pub gender: Option<String>,
+    /// A new user's age group code (MovieLens-1M: 1, 18, 25, 35, 45, 50, 56).
+    #[arg(long, value_name = "N", requires_all = ["gender", "occupation"], help_heading = "New user")]
+    pub age: Option<u32>,
+    /// A new user's occupation code (MovieLens-1M: 0 to 20).
+    #[arg(long, value_name = "N", requires_all = ["gender", "age"], help_heading = "New user")]
+    pub occupation: Option<u32>,
+    /// How many movies to show.
+    #[arg(short = 'k', long = "top", default_value_t = 10)]
+    pub k: usize,
+    /// Hide every movie the user has rated (train, val and test). A new user has rated nothing.
+    #[arg(long, conflicts_with = "gender")]
+    pub exclude_seen: bool,
+    /// Exact search, or an HNSW graph built over the item embeddings (approximate).
+    #[arg(long, value_enum, default_value_t = IndexArg::Exact)]
+    pub index: IndexArg,
+}
+
+/// The search indexes `recommend` can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IndexArg {
+    /// Brute force over every candidate.
+    Exact,
+    /// An HNSW graph (approximate).
+    Hnsw,
+}
+
+/// Runs `export` and prints what was written.
+pub fn export(args: &ExportArgs) -> Result<()> {
+    let started = Instant::now();
+    let loaded = load(&args.run)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.run.join("embeddings"));
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("cannot create the folder {}", out.display()))?;
+    let model_id = checkpoint_id(&loaded.run_dir);
+    let (users, items) = tower_outputs(&loaded)?;
+    let user_path = out.join(export_files::USERS);
+    let item_path = out.join(export_files::ITEMS);
+    write_embeddings(&user_path, &users, &model_id)?;
+    write_embeddings(&item_path, &items, &model_id)?;
+
+    let dataset = &loaded.dataset;
+    let candidates = candidate_rows(&dataset.items.train_count).len();
+    let manifest = ExportManifest {
+        model_id: model_id.clone(),
+        run: absolute(&loaded.run_dir),
+        dataset: dataset_record(dataset)?,
+        similarity: similarity_name(loaded.model.config().similarity),
+        normalized: loaded.model.config().similarity == Similarity::Cosine,
+        temperature: loaded.model.temperature()?,
+        dim: users.dim(),
+        user_embeddings: ExportedFile {
+            file: export_files::USERS.to_string(),
+            rows: users.len(),
+        },
+        item_embeddings: ExportedFile {
+            file: export_files::ITEMS.to_string(),
+            rows: items.len(),
+        },
+        candidates,
+        item_metadata: absolute(&dataset.dir.join(dssm_data::dataset::files::ITEMS)),
+    };
+    let manifest_path = out.join(export_files::MANIFEST);
+    write_json_atomically(&manifest_path, &manifest)?;
+
+    println!("run          {}", loaded.run_dir.display());
+    println!("model id     {model_id}");
+    println!(
+        "users        {} x {} -> {}",
+        users.len(),
+        users.dim(),
+        user_path.display()
+    );
+    println!(
+        "items        {} x {} -> {} ({candidates} in train: the candidates)",
+        items.len(),
+        items.dim(),
+        item_path.display()
+    );
+    println!(
+        "scores       {}",
+        if manifest.normalized {
+            "inner product of these (L2-normalised) rows = the model's cosine similarity"
+        } else {
+            "inner product of these rows = the model's dot similarity"
+        }
+    );
+    println!("metadata     {}", manifest.item_metadata.display());
+    println!("manifest     {}", manifest_path.display());
+    println!("time         {:.2} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Runs `evaluate-retrieval`, prints the table and writes `<run>/retrieval-<split>.json`.
+pub fn evaluate(args: &EvaluateRetrievalArgs) -> Result<()> {
+    let started = Instant::now();
+    let loaded = load(&args.run)?;
+    let dataset = &loaded.dataset;
+    require_leave_last_out(dataset)?;
+    let split = Split::from(args.split);
+
+    let (users, items) = tower_outputs(&loaded)?;
+    let train = dataset
+        .interactions(Split::Train)
+        .context("cannot read the train split")?;
+    let held_out = dataset
+        .interactions(split)
+        .with_context(|| format!("cannot read the {split} split"))?;
+    if held_out.is_empty() {
+        bail!(
+            "the {split} split of {} has no rows to rank",
+            dataset.dir.display()
+        );
+    }
+    let ranked = rank_held_out(
+        &users,
+        &items,
+        &dataset.items.train_count,
+        (&train.user_row, &train.movie_id),
+        (&held_out.user_row, &held_out.movie_id),
+    )?;
+    let (model_reports, popularity_reports) = (&ranked.model, &ranked.popularity);
+
+    let record = RetrievalRecord {
+        protocol: Protocol::LeaveLastOut.name().to_string(),
+        split: split.name().to_string(),
+        dataset: dataset_record(dataset)?,
+        split_seed: None,
+        run: absolute(&loaded.run_dir),
+        checkpoint: checkpoint_id(&loaded.run_dir),
+        config: loaded.config.clone(),
+        similarity: similarity_name(loaded.model.config().similarity),
+        candidates: ranked.candidates,
+        users: held_out.len(),
+        cutoffs: PROTOCOL_CUTOFFS.to_vec(),
+        metrics: VariantMetrics {
+            model: by_variant(model_reports),
+            popularity: by_variant(popularity_reports),
+        },
+        code_version: format!("dssm-cli {}", env!("CARGO_PKG_VERSION")),
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    let path = loaded
+        .run_dir
+        .join(format!("retrieval-{}.json", split.name()));
+    write_json_atomically(&path, &record)?;
+
+    println!("run          {}", loaded.run_dir.display());
+    println!("checkpoint   {}", record.checkpoint);
+    println!(
+        "protocol     leave-last-out ({}, {} split): {} users, {} candidates (movies in train)",
+        record.dataset.name,
+        split.name(),
+        record.users,
+        record.candidates
+    );
+    println!(
+        "variants     unmasked = train movies stay in the ranking (DeepMatch, torch-rechub); \
+         masked = they are removed (RecBole)"
+    );
+    print!(
+        "{}",
+        format_table(&[
+            ("model", &model_reports[0]),
+            ("popularity", &popularity_reports[0]),
+            ("model", &model_reports[1]),
+            ("popularity", &popularity_reports[1]),
+        ])
+    );
+    let misses = model_reports[0].misses;
+    if misses > 0 {
+        println!(
+            "misses       {misses} of {} targets are not candidates (never in train) and count as misses",
+            record.users
+        );
+    }
+    println!("saved        {}", path.display());
+    println!("time         {:.2} s", record.wall_s);
+    Ok(())
+}
+
+/// Runs `recommend` and prints the top K.
+pub fn recommend(args: &RecommendArgs) -> Result<()> {
+    if args.k == 0 {
+        bail!("-k must be at least 1");
+    }
+    let loaded = load(&args.run)?;
+    let dataset = &loaded.dataset;
+    let config = loaded.model.config();
+    let batch_size = loaded.config.train.eval_batch_size;
+    let (items, dim) = loaded
+        .embeddings(Side::Item, batch_size)
+        .context("cannot compute the item embeddings")?;
+    let mut items = items;
+    if config.similarity == Similarity::Cosine {
+        l2_normalize_rows(&mut items, dim);
+    }
+    let items = EmbeddingMatrix::new(dataset.items.movie_id.clone(), dim, items)?;
+    let candidates = candidate_matrix(&items, &dataset.items.train_count)?;
+
+    let (mut query, seen, who) = match (args.user, &args.gender, args.age, args.occupation) {
+        (Some(user_id), ..) => {
+            let row = user_row(&dataset.users.user_id, user_id)?;
+            let (users, _) = loaded
+                .embeddings(Side::User, batch_size)
+                .context("cannot compute the user embeddings")?;
+            let query = users[row * dim..(row + 1) * dim].to_vec();
+            let seen = rated_by(dataset, row)?;
+            let who = format!(
+                "{user_id} ({}, age {}, occupation {}; {} ratings)",
+                dataset.users.gender[row],
+                dataset.users.age[row],
+                dataset.users.occupation[row],
+                seen.len()
+            );
+            (query, seen, who)
+        }
+        (None, Some(gender), Some(age), Some(occupation)) => {
+            let new_user = NewUser {
+                gender: gender.clone(),
+                age,
+                occupation,
+            };
+            let specs: Vec<FeatureSpec> = config.side_features(Side::User).cloned().collect();
+            let encoded = encode_new_user(&specs, &new_user, &dataset.vocabularies);
+            for note in &encoded.notes {
+                println!("note         {note}");
+            }
+            let host: Vec<HostColumn<'_>> = encoded
+                .columns
+                .iter()
+                .map(|c| match c {
+                    NewUserColumn::Ids(ids) => HostColumn::Ids(ids),
+                    NewUserColumn::Dense(values) => HostColumn::Dense(values),
+                })
+                .collect();
+            let model = &loaded.model;
+            let batch = SideBatch::from_host(config, Side::User, 1, &host, model.device())?;
+            let embedded = model.encode_users(&batch, Mode::Eval)?;
+            // `"f32".parse()` is candle's `DType::F32` (this crate does not depend on candle directly).
+            let query = embedded
+                .flatten_all()?
+                .to_dtype("f32".parse()?)?
+                .to_vec1::<f32>()?;
+            let who = format!("new ({gender}, age {age}, occupation {occupation})");
+            (query, Vec::new(), who)
+        }
+        _ => bail!("give --user ID, or --gender, --age and --occupation for a new user"),
+    };
+    if config.similarity == Similarity::Cosine {
+        l2_normalize_rows(&mut query, dim);
+    }
+    let exclusions = Exclusions::from_rows([if args.exclude_seen {
+        seen.clone()
+    } else {
+        Vec::new()
+    }]);
+    let queries = MatrixView::new(&query, dim)?;
+    let candidate_count = candidates.len();
+    let (top, index_line) = match args.index {
+        IndexArg::Exact => {
+            let index = ExactIndex::new(candidates);
+            let top = index.top_k(queries, args.k, Some(&exclusions))?;
+            (top, "exact".to_string())
+        }
+        IndexArg::Hnsw => {
+            let hnsw_config = HnswConfig::default();
+            let index = HnswIndex::build(candidates, hnsw_config)?;
+            let top = index.top_k(queries, args.k, Some(&exclusions))?;
+            (
+                top,
+                format!(
+                    "hnsw (approximate: M {}, ef_construction {}, ef_search {})",
+                    hnsw_config.max_connections, hnsw_config.ef_construction, hnsw_config.ef_search
+                ),
+            )
+        }
+    };
+
+    println!("run          {}", loaded.run_dir.display());
+    println!("user         {who}");
+    println!(
+        "index        {index_line}, {candidate_count} candidates (movies in train){}",
+        if args.exclude_seen {
+            format!(", {} rated movies hidden", seen.len())
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "score        {} of the tower outputs (the model's logit is this / temperature {})",
+        match config.similarity {
+            Similarity::Dot => "dot product",
+            Similarity::Cosine => "cosine similarity",
+        },
+        loaded.model.temperature()?
+    );
+    let rows: HashMap<u32, usize> = dataset
+        .items
+        .movie_id
+        .iter()
+        .enumerate()
+        .map(|(row, &id)| (id, row))
+        .collect();
+    print!(
+        "{}",
+        format_recommendations(&top[0], |id| {
+            let row = rows.get(&id).copied()?;
+            Some(MovieInfo {
+                title: &dataset.items.title[row],
+                year: dataset.items.year[row],
+                genres: &dataset.items.genres[row],
+            })
+        })
+    );
+    Ok(())
+}
+
+// ---- Records ----
+
+/// `export.json`.
+#[derive(Debug, Serialize)]
+struct ExportManifest {
+    model_id: String,
+    run: PathBuf,
+    dataset: DatasetRecord,
+    /// `dot` or `cosine`.
+    similarity: &'static str,
+    /// True when the rows were L2-normalised (cosine models), so that the inner product of a user
+    /// and an item row is the model's similarity.
+    normalized: bool,
+    /// The model's logit is the similarity divided by this.
+    temperature: f32,
+    dim: usize,
+    user_embeddings: ExportedFile,
+    item_embeddings: ExportedFile,
+    /// Movies with train interactions (`train_count > 0` in the metadata): the retrieval candidates.
+    candidates: usize,
+    /// The dataset's items.parquet: movie_id, title, year, genres, train_count.
+    item_metadata: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct ExportedFile {
+    file: String,
+    rows: usize,
+}
+
+/// The dataset an evaluation or export used.
+#[derive(Debug, Serialize)]
+struct DatasetRecord {
+    path: PathBuf,
+    name: String,
+    protocol: String,
+    /// FNV-1a 64 (hex) of manifest.json's bytes, as the trainer records it in `run.json`.
+    manifest_checksum: String,
+}
+
+/// `retrieval-<split>.json`.
+#[derive(Debug, Serialize)]
+struct RetrievalRecord {
+    protocol: String,
+    split: String,
+    dataset: DatasetRecord,
+    /// Always null: `leave-last-out` splits by time, not by a seed.
+    split_seed: Option<u64>,
+    run: PathBuf,
+    checkpoint: String,
+    config: RunConfig,
+    similarity: &'static str,
+    candidates: usize,
+    users: usize,
+    cutoffs: Vec<usize>,
+    metrics: VariantMetrics,
+    code_version: String,
+    wall_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct VariantMetrics {
+    model: BTreeMap<String, RankingReport>,
+    popularity: BTreeMap<String, RankingReport>,
+}
+
+fn by_variant(reports: &[RankingReport]) -> BTreeMap<String, RankingReport> {
+    reports
+        .iter()
+        .map(|r| (r.variant.clone(), r.clone()))
+        .collect()
+}
+
+// ---- Helpers ----
+
+/// The `leave-last-out` figures of one split: unmasked then masked, for the model and the popularity
+/// baseline.
+#[derive(Debug)]
+struct RankedSplit {
+    candidates: usize,
+    model: Vec<RankingReport>,
+    popularity: Vec<RankingReport>,
+}
+
+/// Ranks each held-out `(user row, movie id)` among the candidates (items with a train count),
+/// by the inner product of the user's and the items' rows, and by train popularity. `users` has one
+/// row per users-table row, `items` one per items-table row; `train` is `(user rows, movie ids)` of
+/// the train split, whose items the masked variant removes.
+fn rank_held_out(
+    users: &EmbeddingMatrix,
+    items: &EmbeddingMatrix,
+    train_count: &[u32],
+    train: (&[u32], &[u32]),
+    held_out: (&[u32], &[u32]),
+) -> Result<RankedSplit> {
+    let candidates = candidate_matrix(items, train_count)?;
+    let candidate_ids = candidates.ids().to_vec();
+    let seen_in_train = items_by_user(users.len(), train.0, train.1)?;
+    let train_items = exclusions_for(&seen_in_train, held_out.0);
+    let queries = gather_rows(users.data(), users.dim(), held_out.0)?;
+    let queries = MatrixView::new(&queries, users.dim())?;
+    let targets = held_out.1;
+
+    let index = ExactIndex::new(candidates);
+    let popularity = PopularityBaseline::new(&candidate_ids, train.1.iter().copied());
+    let mut ranked = RankedSplit {
+        candidates: candidate_ids.len(),
+        model: Vec::new(),
+        popularity: Vec::new(),
+    };
+    for variant in ProtocolVariant::ALL {
+        let ahead =
+            index.items_ahead_of_targets(queries, targets, variant.exclusions(&train_items))?;
+        ranked.model.push(RankingReport::from_items_ahead(
+            variant.name(),
+            &ahead,
+            &PROTOCOL_CUTOFFS,
+        ));
+        ranked.popularity.push(popularity.evaluate(
+            targets,
+            variant,
+            &train_items,
+            &PROTOCOL_CUTOFFS,
+        )?);
+    }
+    Ok(ranked)
+}
+
+fn load(run: &Path) -> Result<LoadedRun> {
+    load_run(run).with_context(|| format!("cannot load the run in {}", run.display()))
+}
+
+fn require_leave_last_out(dataset: &Dataset) -> Result<()> {
+    if dataset.manifest.protocol != Protocol::LeaveLastOut {
+        bail!(
+            "evaluate-retrieval needs a dataset prepared with --protocol leave-last-out, but {} was \
+             prepared for protocol {}",
+            dataset.dir.display(),
+            dataset.manifest.protocol.name()
+        );
+    }
+    Ok(())
+}
+
+fn similarity_name(similarity: Similarity) -> &'static str {
+    match similarity {
+        Similarity::Dot => "dot",
+        Similarity::Cosine => "cosine",
+    }
+}
+
+/// User and item embeddings of every table row (ids = raw MovieLens ids), L2-normalised for a cosine
+/// model so that inner products are the model's similarity.
+fn tower_outputs(loaded: &LoadedRun) -> Result<(EmbeddingMatrix, EmbeddingMatrix)> {
+    let batch_size = loaded.config.train.eval_batch_size;
+    let cosine = loaded.model.config().similarity == Similarity::Cosine;
+    let matrix = |side: Side, ids: &[u32]| -> Result<EmbeddingMatrix> {
+        let (mut data, dim) = loaded
+            .embeddings(side, batch_size)
+            .with_context(|| format!("cannot compute the {side} embeddings"))?;
+        if cosine {
+            l2_normalize_rows(&mut data, dim);
+        }
+        Ok(EmbeddingMatrix::new(ids.to_vec(), dim, data)?)
+    };
+    let users = matrix(Side::User, &loaded.dataset.users.user_id)?;
+    let items = matrix(Side::Item, &loaded.dataset.items.movie_id)?;
+    Ok((users, items))
+}
+
+/// Divides each row by `sqrt(|row|^2 + eps)`, as the model's cosine similarity does.
+fn l2_normalize_rows(data: &mut [f32], dim: usize) {
+    for row in data.chunks_mut(dim.max(1)) {
+        let norm = (row.iter().map(|v| v * v).sum::<f32>() + COSINE_EPS).sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+/// Item-table rows of the retrieval candidates: movies with at least one train interaction.
+fn candidate_rows(train_count: &[u32]) -> Vec<usize> {
+    train_count
+        .iter()
+        .enumerate()
+        .filter(|&(_, &count)| count > 0)
+        .map(|(row, _)| row)
+        .collect()
+}
+
+/// The rows of `items` (one per item-table row, in table order) that are candidates.
+fn candidate_matrix(items: &EmbeddingMatrix, train_count: &[u32]) -> Result<EmbeddingMatrix> {
+    if train_count.len() != items.len() {
+        bail!(
+            "{} item embeddings for {} rows of items.parquet",
+            items.len(),
+            train_count.len()
+        );
+    }
+    let rows = candidate_rows(train_count);
+    let mut data = Vec::with_capacity(rows.len() * items.dim());
+    let mut ids = Vec::with_capacity(rows.len());
+    for &row in &rows {
+        ids.push(items.ids()[row]);
+        data.extend_from_slice(items.row(row));
+    }
+    Ok(EmbeddingMatrix::new(ids, items.dim(), data)?)
+}
+
+/// For each user-table row, the movie ids of its interactions (in split order).
+fn items_by_user(users: usize, user_row: &[u32], movie_id: &[u32]) -> Result<Vec<Vec<u32>>> {
+    let mut by_user = vec![Vec::new(); users];
+    for (&row, &movie) in user_row.iter().zip(movie_id) {
+        let Some(list) = by_user.get_mut(row as usize) else {
+            bail!("user row {row} is outside the users table ({users} rows)");
+        };
+        list.push(movie);
+    }
+    Ok(by_user)
+}
+
+/// One exclusion row per query: the items of the query's user.
+fn exclusions_for(items_by_user: &[Vec<u32>], query_user_rows: &[u32]) -> Exclusions {
+    Exclusions::from_rows(query_user_rows.iter().map(|&row| {
+        items_by_user
+            .get(row as usize)
+            .map_or(&[][..], Vec::as_slice)
+    }))
+}
+
+/// The rows `rows` of a row-major matrix with `dim` columns, gathered in that order.
+fn gather_rows(data: &[f32], dim: usize, rows: &[u32]) -> Result<Vec<f32>> {
+    let available = data.len() / dim.max(1);
+    let mut out = Vec::with_capacity(rows.len() * dim);
+    for &row in rows {
+        let row = row as usize;
+        if row >= available {
+            bail!("user row {row} is outside the embedding matrix ({available} rows)");
+        }
+        out.extend_from_slice(&data[row * dim..(row + 1) * dim]);
+    }
+    Ok(out)
+}
+
+/// The users-table row of a raw MovieLens user id.
+fn user_row(user_ids: &[u32], user_id: u32) -> Result<usize> {
+    user_ids.iter().position(|&id| id == user_id).ok_or_else(|| {
+        let (min, max) = (
+            user_ids.iter().min().copied().unwrap_or(0),
+            user_ids.iter().max().copied().unwrap_or(0),
+        );
+        anyhow::anyhow!(
+            "user {user_id} is not in the dataset ({} users, ids {min} to {max}); describe a new \
+             user with --gender, --age and --occupation instead",
+            user_ids.len()
+        )
+    })
+}
+
+/// Every movie the user (by users-table row) rated, in any split, sorted and de-duplicated.
+fn rated_by(dataset: &Dataset, row: usize) -> Result<Vec<u32>> {
+    let mut seen = Vec::new();
+    for split in Split::ALL {
+        let rows = dataset
+            .interactions(split)
+            .with_context(|| format!("cannot read the {split} split"))?;
+        seen.extend(
+            rows.user_row
+                .iter()
+                .zip(&rows.movie_id)
+                .filter(|&(&r, _)| r as usize == row)
+                .map(|(_, &m)| m),
+        );
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    Ok(seen)
+}
+
+/// A new user described by the attributes of users.dat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NewUser {
+    gender: String,
+    age: u32,
+    occupation: u32,
+}
+
+/// One column of a one-row user batch.
+#[derive(Debug, Clone, PartialEq)]
+enum NewUserColumn {
+    Ids(Vec<u32>),
+    Dense(Vec<f32>),
+}
+
+/// A new user's encoded features, plus notes on values the model cannot use.
+#[derive(Debug, Clone, PartialEq)]
+struct EncodedNewUser {
+    /// One column per user feature of the model, in config order.
+    columns: Vec<NewUserColumn>,
+    notes: Vec<String>,
+}
+
+/// Encodes a new user for the model's user features (`specs`, in config order): gender, age and
+/// occupation through the train-fitted vocabularies; every other feature (user id, zip prefix, ...)
+/// is the unknown index 0 (all-padding for a multi-valued feature, zeros for a dense one).
+fn encode_new_user(
+    specs: &[FeatureSpec],
+    user: &NewUser,
+    vocabularies: &Vocabularies,
+) -> EncodedNewUser {
+    let given = [
+        ("gender", user.gender.clone()),
+        ("age", user.age.to_string()),
+        ("occupation", user.occupation.to_string()),
+    ];
+    let mut notes = Vec::new();
+    let columns = specs
+        .iter()
+        .map(|spec| {
+            let raw = given
+                .iter()
+                .find(|(name, _)| *name == spec.name)
+                .map(|(_, raw)| raw);
+            let id = match raw {
+                Some(raw) => match vocabularies.get(&spec.name) {
+                    Ok(vocabulary) => {
+                        let id = vocabulary.encode(raw);
+                        if id == 0 {
+                            notes.push(format!(
+                                "{} {raw} is not in the train vocabulary (known: {}); it is \
+                                 encoded as unknown",
+                                spec.name,
+                                vocabulary.values[1..].join(", ")
+                            ));
+                        }
+                        id
+                    }
+                    Err(_) => {
+                        notes.push(format!(
+                            "the dataset has no vocabulary for {}; it is encoded as unknown",
+                            spec.name
+                        ));
+                        0
+                    }
+                },
+                None => 0,
+            };
+            match spec.kind {
+                FeatureKind::Categorical { .. } => NewUserColumn::Ids(vec![id]),
+                FeatureKind::MultiCategorical { max_len, .. } => {
+                    let mut ids = vec![0; max_len];
+                    if let Some(first) = ids.first_mut() {
+                        *first = id;
+                    }
+                    NewUserColumn::Ids(ids)
+                }
+                FeatureKind::Dense { dim } => NewUserColumn::Dense(vec![0.0; dim]),
+            }
+        })
+        .collect();
+    for (name, raw) in &given {
+        if !specs.iter().any(|s| s.name == *name) {
+            notes.push(format!(
+                "the model does not use {name}; {name} {raw} has no effect"
+            ));
+        }
+    }
+    EncodedNewUser { columns, notes }
+}
+
+/// What `recommend` shows of a movie.
+struct MovieInfo<'a> {
+    title: &'a str,
+    year: Option<u32>,
+    genres: &'a str,
+}
+
+fn format_recommendations<'a>(
+    top: &[ScoredItem],
+    info: impl Fn(u32) -> Option<MovieInfo<'a>>,
+) -> String {
+    let mut out = format!(
+        "{:>4}  {:>6}  {:<50}  {:>4}  {:<30}  {:>8}\n",
+        "rank", "movie", "title", "year", "genres", "score"
+    );
+    for (rank, item) in top.iter().enumerate() {
+        let (title, year, genres) = match info(item.id) {
+            Some(m) => (
+                m.title.to_string(),
+                m.year.map_or_else(|| "-".to_string(), |y| y.to_string()),
+                m.genres.to_string(),
+            ),
+            None => ("?".to_string(), "-".to_string(), String::new()),
+        };
+        out.push_str(&format!(
+            "{:>4}  {:>6}  {:<50}  {:>4}  {:<30}  {:>8.4}\n",
+            rank + 1,
+            item.id,
+            title,
+            year,
+            genres,
+            item.score
+        ));
+    }
+    out
+}
+
+/// The metrics table: one line per (variant, ranker).
+fn format_table(rows: &[(&str, &RankingReport)]) -> String {
+    let mut out = format!("{:<10}{:<12}", "variant", "ranker");
+    for k in PROTOCOL_CUTOFFS {
+        out.push_str(&format!("{:>9}", format!("HR@{k}")));
+    }
+    for k in PROTOCOL_CUTOFFS {
+        out.push_str(&format!("{:>10}", format!("NDCG@{k}")));
+    }
+    out.push_str(&format!("{:>9}\n", "MRR"));
+    for (ranker, report) in rows {
+        out.push_str(&format!("{:<10}{:<12}", report.variant, ranker));
+        for k in PROTOCOL_CUTOFFS {
+            let value = report.at(k).map_or(f64::NAN, |m| m.hit_rate);
+            out.push_str(&format!("{value:>9.4}"));
+        }
+        for k in PROTOCOL_CUTOFFS {
+            let value = report.at(k).map_or(f64::NAN, |m| m.ndcg);
+            out.push_str(&format!("{value:>10.4}"));
+        }
+        out.push_str(&format!("{:>9.4}\n", report.mrr));
+    }
+    out
+}
+
+fn dataset_record(dataset: &Dataset) -> Result<DatasetRecord> {
+    let manifest = dataset.dir.join(dssm_data::dataset::files::MANIFEST);
+    let bytes =
+        std::fs::read(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
+    Ok(DatasetRecord {
+        path: absolute(&dataset.dir),
+        name: dataset.manifest.dataset.clone(),
+        protocol: dataset.manifest.protocol.name().to_string(),
+        manifest_checksum: fnv1a(&bytes),
+    })
+}
+
+/// FNV-1a 64 as hex: the checksum the trainer records for manifests and checkpoint weights.
+fn fnv1a(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// The id of the run's best checkpoint: `best@epoch<N>:<weights checksum>` from metrics.json when it
+/// matches the weights on disk, else `best:<weights checksum>`.
+fn checkpoint_id(run_dir: &Path) -> String {
+    let checkpoints = run_dir.join(layout::CHECKPOINTS);
+    let weights = [checkpoints.join("best"), checkpoints.join(".old-best")]
+        .iter()
+        .map(|dir| dir.join(dssm_model::WEIGHTS_FILE))
+        .find(|path| path.exists())
+        .and_then(|path| std::fs::read(path).ok())
+        .map_or_else(|| "unknown".to_string(), |bytes| fnv1a(&bytes));
+    let recorded = std::fs::read_to_string(run_dir.join(layout::METRICS))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|json| json.get("checkpoint")?.as_str().map(str::to_string));
+    match recorded {
+        Some(id) if id.ends_with(&format!(":{weights}")) => id,
+        _ => format!("best:{weights}"),
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Writes pretty JSON to a temporary sibling, then renames it into place.
+fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use dssm_data::{MinFrequency, RawData, RawMovie, RawRating, RawUser};
+
+    fn parse(args: &[&str]) -> Result<crate::Command, clap::Error> {
+        crate::Cli::try_parse_from(std::iter::once("dssm").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    #[test]
+    fn candidates_are_the_movies_with_train_interactions() {
+        assert_eq!(candidate_rows(&[3, 0, 1, 0, 7]), vec![0, 2, 4]);
+        let items =
+            EmbeddingMatrix::new(vec![10, 20, 30], 2, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        let candidates = candidate_matrix(&items, &[0, 2, 1]).unwrap();
+        assert_eq!(candidates.ids(), &[20, 30]);
+        assert_eq!(candidates.data(), &[3.0, 4.0, 5.0, 6.0]);
+        let error = candidate_matrix(&items, &[1, 1]).unwrap_err().to_string();
+        assert!(error.contains("3 item embeddings for 2 rows"), "{error}");
+    }
+
+    #[test]
+    fn exclusions_follow_the_query_users() {
+        // Train: user row 0 rated 5 and 7, user row 2 rated 9; row 1 rated nothing.
+        let by_user = items_by_user(3, &[0, 2, 0], &[5, 9, 7]).unwrap();
+        assert_eq!(by_user, vec![vec![5, 7], vec![], vec![9]]);
+        // Queries in held-out order: rows 2, 0, 1.
+        let exclusions = exclusions_for(&by_user, &[2, 0, 1]);
+        assert_eq!(exclusions.rows(), 3);
+        assert_eq!(exclusions.row(0), &[9]);
+        assert_eq!(exclusions.row(1), &[5, 7]);
+        assert!(exclusions.row(2).is_empty());
+        let error = items_by_user(2, &[0, 2], &[1, 1]).unwrap_err().to_string();
+        assert!(error.contains("user row 2"), "{error}");
+    }
+
+    #[test]
+    fn masked_ranking_removes_train_items_but_keeps_the_validation_item() {
+        // Items 1..=4 on one axis: the user prefers 4 > 3 > 2 > 1. Train item 4, val item 3,
+        // test item 2.
+        let items = EmbeddingMatrix::new(vec![1, 2, 3, 4], 1, vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        let index = ExactIndex::new(items);
+        let by_user = items_by_user(1, &[0], &[4]).unwrap();
+        let train = exclusions_for(&by_user, &[0]);
+        let query = [1.0f32];
+        let queries = MatrixView::new(&query, 1).unwrap();
+        let unmasked = index
+            .items_ahead_of_targets(queries, &[2], ProtocolVariant::Unmasked.exclusions(&train))
+            .unwrap();
+        let masked = index
+            .items_ahead_of_targets(queries, &[2], ProtocolVariant::Masked.exclusions(&train))
+            .unwrap();
+        assert_eq!(unmasked, vec![Some(2)]);
+        // Item 4 is gone; item 3 (validation) still ranks ahead.
+        assert_eq!(masked, vec![Some(1)]);
+        // A target that is not a candidate is a miss.
+        let miss = index.items_ahead_of_targets(queries, &[99], None).unwrap();
+        assert_eq!(miss, vec![None]);
+    }
+
+    /// Items ahead of the target by brute force: a higher score, or an equal score and a lower id;
+    /// `None` when the target is not a candidate or is excluded.
+    fn brute_force_ahead(scores: &[(u32, f32)], target: u32, excluded: &[u32]) -> Option<usize> {
+        if excluded.contains(&target) {
+            return None;
+        }
+        let &(_, t) = scores.iter().find(|(id, _)| *id == target)?;
+        Some(
+            scores
+                .iter()
+                .filter(|(id, s)| !excluded.contains(id) && (*s > t || (*s == t && *id < target)))
+                .count(),
+        )
+    }
+
+    #[test]
+    fn held_out_ranking_matches_a_brute_force_count() {
+        // 6 users x 2 dims, 9 items (rows in table order, ids not sorted), item 40 never in train.
+        // Scores are small integers, so ties happen and break by the lower id.
+        let user_data: Vec<f32> = (0..12).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+        let users = EmbeddingMatrix::new(vec![11, 12, 13, 14, 15, 16], 2, user_data).unwrap();
+        let item_ids = vec![50, 10, 40, 20, 90, 30, 70, 60, 80];
+        let item_data: Vec<f32> = (0..18).map(|i| ((i * 3) % 4) as f32 - 1.0).collect();
+        let items = EmbeddingMatrix::new(item_ids.clone(), 2, item_data).unwrap();
+        let train_count = [2, 1, 0, 3, 1, 1, 4, 1, 2];
+        let train_rows: (Vec<u32>, Vec<u32>) = (
+            vec![0, 0, 1, 2, 2, 3, 4, 5, 5, 5],
+            vec![50, 70, 20, 10, 70, 30, 20, 90, 80, 60],
+        );
+        // Held-out rows in an order unrelated to user rows; user 3's target is its own train item
+        // (masked: a miss), user 4's target (40) is not a candidate.
+        let held: (Vec<u32>, Vec<u32>) = (vec![5, 3, 0, 4, 1, 2], vec![70, 30, 20, 40, 80, 60]);
+        let ranked = rank_held_out(
+            &users,
+            &items,
+            &train_count,
+            (&train_rows.0, &train_rows.1),
+            (&held.0, &held.1),
+        )
+        .unwrap();
+        assert_eq!(ranked.candidates, 8);
+        let candidates: Vec<(usize, u32)> = item_ids
+            .iter()
+            .enumerate()
+            .filter(|&(row, _)| train_count[row] > 0)
+            .map(|(row, &id)| (row, id))
+            .collect();
+        for (v, variant) in ProtocolVariant::ALL.into_iter().enumerate() {
+            let ahead: Vec<Option<usize>> = held
+                .0
+                .iter()
+                .zip(&held.1)
+                .map(|(&u, &target)| {
+                    let scores: Vec<(u32, f32)> = candidates
+                        .iter()
+                        .map(|&(row, id)| {
+                            let s = users.row(u as usize)[0] * items.row(row)[0]
+                                + users.row(u as usize)[1] * items.row(row)[1];
+                            (id, s)
+                        })
+                        .collect();
+                    let excluded: Vec<u32> = match variant {
+                        ProtocolVariant::Unmasked => Vec::new(),
+                        ProtocolVariant::Masked => train_rows
+                            .0
+                            .iter()
+                            .zip(&train_rows.1)
+                            .filter(|&(&r, _)| r == u)
+                            .map(|(_, &m)| m)
+                            .collect(),
+                    };
+                    brute_force_ahead(&scores, target, &excluded)
+                })
+                .collect();
+            assert_eq!(ahead[3], None, "item 40 is not a candidate");
+            if variant == ProtocolVariant::Masked {
+                assert_eq!(ahead[1], None, "user 3's target is one of its train items");
+            }
+            let expected =
+                RankingReport::from_items_ahead(variant.name(), &ahead, &PROTOCOL_CUTOFFS);
+            assert_eq!(ranked.model[v], expected, "{variant:?}");
+
+            // Popularity: train counts (20: 2, 70: 2, then 1 each), ties by the lower id.
+            let counts: Vec<(u32, f32)> = candidates
+                .iter()
+                .map(|&(_, id)| (id, train_rows.1.iter().filter(|&&m| m == id).count() as f32))
+                .collect();
+            let pop_ahead: Vec<Option<usize>> = held
+                .0
+                .iter()
+                .zip(&held.1)
+                .map(|(&u, &target)| {
+                    let excluded: Vec<u32> = match variant {
+                        ProtocolVariant::Unmasked => Vec::new(),
+                        ProtocolVariant::Masked => train_rows
+                            .0
+                            .iter()
+                            .zip(&train_rows.1)
+                            .filter(|&(&r, _)| r == u)
+                            .map(|(_, &m)| m)
+                            .collect(),
+                    };
+                    brute_force_ahead(&counts, target, &excluded)
+                })
+                .collect();
+            let expected =
+                RankingReport::from_items_ahead(variant.name(), &pop_ahead, &PROTOCOL_CUTOFFS);
+            assert_eq!(ranked.popularity[v], expected, "{variant:?}");
+        }
+        assert_eq!(ranked.model[0].misses, 1);
+        assert_eq!(ranked.model[1].misses, 2);
+        // Non-trivial figures: masking moves the ranks.
+        assert!(ranked.model[0].mrr > 0.0 && ranked.popularity[0].mrr > 0.0);
+        assert_ne!(ranked.model[0].mrr, ranked.model[1].mrr);
+    }
+
+    #[test]
+    fn gather_rows_picks_query_users_in_order() {
+        let data = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5];
+        assert_eq!(
+            gather_rows(&data, 2, &[2, 0, 2]).unwrap(),
+            vec![2.0, 2.5, 0.0, 0.5, 2.0, 2.5]
+        );
+        assert!(gather_rows(&data, 2, &[3]).is_err());
+    }
+
+    #[test]
+    fn l2_normalisation_matches_the_model_formula() {
+        let mut data = vec![3.0, 4.0, 0.0, 0.0];
+        l2_normalize_rows(&mut data, 2);
+        assert!((data[0] - 0.6).abs() < 1e-6 && (data[1] - 0.8).abs() < 1e-6);
+        // A zero row stays zero (the epsilon keeps it finite).
+        assert_eq!(&data[2..], &[0.0, 0.0]);
+    }
+
+    fn tiny_vocabularies() -> Vocabularies {
+        let user = |user_id, gender: &str, age, occupation| RawUser {
+            user_id,
+            gender: gender.into(),
+            age,
+            occupation,
+            zip_code: "12345".into(),
+        };
+        let rating = |user_row, line| RawRating {
+            user_id: user_row + 1,
+            movie_id: 1,
+            user_row,
+            item_row: 0,
+            rating: 4,
+            timestamp: Some(i64::from(line)),
+            line,
+        };
+        let raw = RawData {
+            users: vec![user(1, "F", 25, 4), user(2, "M", 35, 7)],
+            movies: vec![RawMovie {
+                movie_id: 1,
+                title: "Toy Story (1995)".into(),
+                year: Some(1995),
+                genres: vec!["Comedy".into()],
+            }],
+            ratings: vec![rating(0, 1), rating(1, 2)],
+            ..RawData::default()
+        };
+        Vocabularies::fit(
+            &raw,
+            &[Split::Train, Split::Train],
+            MinFrequency::Count(1),
+            2,
+        )
+    }
+
+    #[test]
+    fn a_new_user_is_encoded_with_the_train_vocabularies_and_unknown_elsewhere() {
+        let vocabularies = tiny_vocabularies();
+        let specs = vec![
+            FeatureSpec::categorical("user_id", Side::User, 3),
+            FeatureSpec::categorical("gender", Side::User, 3),
+            FeatureSpec::categorical("age", Side::User, 3),
+            FeatureSpec::categorical("occupation", Side::User, 3),
+            FeatureSpec::categorical("zip_prefix", Side::User, 2),
+        ];
+        let user = NewUser {
+            gender: "M".into(),
+            age: 35,
+            occupation: 4,
+        };
+        let encoded = encode_new_user(&specs, &user, &vocabularies);
+        let expected = [
+            0,
+            vocabularies.encode("gender", "M").unwrap(),
+            vocabularies.encode("age", "35").unwrap(),
+            vocabularies.encode("occupation", "4").unwrap(),
+            0,
+        ];
+        assert!(expected[1..4].iter().all(|&id| id > 0), "{expected:?}");
+        let ids: Vec<u32> = encoded
+            .columns
+            .iter()
+            .map(|c| match c {
+                NewUserColumn::Ids(ids) => ids[0],
+                NewUserColumn::Dense(_) => panic!("no dense features here"),
+            })
+            .collect();
+        assert_eq!(ids, expected);
+        assert!(encoded.notes.is_empty(), "{:?}", encoded.notes);
+
+        // An age outside the vocabulary is unknown, with a note; features the model lacks are noted.
+        let user = NewUser {
+            gender: "F".into(),
+            age: 30,
+            occupation: 7,
+        };
+        let encoded = encode_new_user(&specs[..3], &user, &vocabularies);
+        assert_eq!(encoded.columns[2], NewUserColumn::Ids(vec![0]));
+        assert!(
+            encoded.notes[0].starts_with("age 30 is not in the train vocabulary (known: "),
+            "{:?}",
+            encoded.notes
+        );
+        assert!(encoded.notes[1].contains("does not use occupation"));
+    }
+
+    #[test]
+    fn unknown_user_ids_are_reported_with_the_known_range() {
+        assert_eq!(user_row(&[5, 9, 7], 7).unwrap(), 2);
+        let error = user_row(&[5, 9, 7], 42).unwrap_err().to_string();
+        assert!(
+            error.contains("user 42 is not in the dataset (3 users, ids 5 to 9)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_table_has_one_line_per_variant_and_ranker() {
+        let report = RankingReport::from_items_ahead("masked", &[Some(0), None], &PROTOCOL_CUTOFFS);
+        let table = format_table(&[("model", &report)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].contains("HR@100")
+                && lines[0].contains("NDCG@10")
+                && lines[0].ends_with("MRR")
+        );
+        assert!(lines[1].starts_with("masked    model"), "{}", lines[1]);
+        // HR@10 = 0.5 (one hit, one miss), MRR = 0.5.
+        assert_eq!(lines[1].matches("0.5000").count(), 9, "{}", lines[1]);
+    }
+
+    #[test]
+    fn recommend_takes_a_user_id_or_all_three_attributes() {
+        assert!(matches!(
+            parse(&["recommend", "--run", "r", "--user", "3"]),
+            Ok(crate::Command::Recommend(RecommendArgs {
+                user: Some(3),
+                k: 10,
+                ..
+            }))
+        ));
+        let new_user = parse(&[
+            "recommend",
+            "--run",
+            "r",
+            "--gender",
+            "F",
+            "--age",
+            "25",
+            "--occupation",
+            "4",
+            "-k",
+            "5",
+        ]);
+        assert!(matches!(
+            new_user,
+            Ok(crate::Command::Recommend(RecommendArgs {
+                user: None,
+                k: 5,
+                ..
+            }))
+        ));
+        assert!(parse(&["recommend", "--run", "r"]).is_err());
+        assert!(parse(&["recommend", "--run", "r", "--gender", "F"]).is_err());
+        assert!(parse(&["recommend", "--run", "r", "--user", "3", "--gender", "F"]).is_err());
+        assert!(
+            parse(&[
+                "recommend",
+                "--run",
+                "r",
+                "--gender",
+                "X",
+                "--age",
+                "25",
+                "--occupation",
+                "4"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "recommend",
+                "--run",
+                "r",
+                "--gender",
+                "F",
+                "--age",
+                "25",
+                "--occupation",
+                "4",
+                "--exclude-seen"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn checkpoint_id_uses_metrics_json_only_when_it_matches_the_weights() {
+        let dir = tempfile_dir();
+        let best = dir.join(layout::CHECKPOINTS).join("best");
+        std::fs::create_dir_all(&best).unwrap();
+        std::fs::write(best.join(dssm_model::WEIGHTS_FILE), b"weights").unwrap();
+        let checksum = fnv1a(b"weights");
+        assert_eq!(checkpoint_id(&dir), format!("best:{checksum}"));
+        std::fs::write(
+            dir.join(layout::METRICS),
+            format!(r#"{{"checkpoint": "best@epoch3:{checksum}"}}"#),
+        )
+        .unwrap();
+        assert_eq!(checkpoint_id(&dir), format!("best@epoch3:{checksum}"));
+        std::fs::write(
+            dir.join(layout::METRICS),
+            r#"{"checkpoint": "best@epoch3:0000000000000000"}"#,
+        )
+        .unwrap();
+        assert_eq!(checkpoint_id(&dir), format!("best:{checksum}"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn json_is_written_whole_and_the_temporary_file_is_gone() {
+        let dir = tempfile_dir();
+        let path = dir.join("retrieval-test.json");
+        write_json_atomically(&path, &serde_json::json!({"protocol": "leave-last-out"})).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"protocol\": \"leave-last-out\""), "{text}");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("retrieval-test.json")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fresh folder under the system temp dir (the cli crate has no tempfile dev-dependency).
+    fn tempfile_dir() -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "dssm-cli-retrieve-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,114 @@
+//! `dssm train` and `dssm eval`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use dssm_trainer::metrics::PointwiseMetrics;
+use dssm_trainer::{RunConfig, Split, TrainOptions, TrainReport};
+
+/// Options of `dssm train`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "The config is a TOML file (see configs/); unknown keys are rejected and every value is \
+    checked before any work starts.\n\nExamples:\n  \
+    dssm train --config configs/quickstart.toml\n  \
+    dssm train --config configs/senet.toml --resume      # continue an interrupted run"
+)]
+pub struct TrainArgs {
+    /// The run config (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Continue the run in the output folder from its last completed epoch; the result equals an
+    /// uninterrupted run with the same seed.
+    #[arg(long)]
+    pub resume: bool,
+    /// Write the run here instead of the config's `output.dir`.
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Replace a finished or stale run in the output folder.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Stop after this many epochs, as an interruption would (checkpoints kept, no test evaluation).
+    #[arg(long, hide = true)]
+    pub stop_after_epochs: Option<usize>,
+}
+
+/// Options of `dssm eval`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// A run folder written by `dssm train`.
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Which split to evaluate on.
+    #[arg(long, default_value = "test", value_parser = ["train", "val", "test"])]
+    pub split: String,
+}
+
+/// Runs `train` and prints the final figures.
+pub fn train(args: &TrainArgs) -> Result<TrainReport> {
+    let config = RunConfig::from_file(&args.config)
+        .with_context(|| format!("invalid run config {}", args.config.display()))?;
+    let options = TrainOptions {
+        resume: args.resume,
+        run_dir: args.run_dir.clone(),
+        overwrite: args.overwrite,
+        stop_after_epochs: args.stop_after_epochs,
+        progress: true,
+    };
+    let report = dssm_trainer::train(&config, &options).context("training failed")?;
+    let metrics = &report.metrics;
+    println!("run          {}", report.run_dir.display());
+    println!(
+        "protocol     {} ({}, split seed {})",
+        metrics.protocol,
+        metrics.dataset.name,
+        metrics
+            .dataset
+            .split_seed
+            .map_or_else(|| "-".to_string(), |s| s.to_string())
+    );
+    println!(
+        "best epoch   {} of {} (by val {})",
+        metrics.best_epoch, metrics.epochs_completed, metrics.select_metric
+    );
+    if let Some(val) = &metrics.val {
+        print_pointwise("val", val);
+    }
+    match &metrics.test {
+        Some(test) => print_pointwise("test", test),
+        None => println!("test         not evaluated (the run stopped before its last epoch)"),
+    }
+    println!(
+        "training     {:.0} samples/s, wall {:.1} s",
+        metrics.train_samples_per_sec, metrics.wall_s
+    );
+    println!(
+        "saved        {}",
+        report.run_dir.join(dssm_trainer::layout::METRICS).display()
+    );
+    Ok(report)
+}
+
+/// Runs `eval` and prints the figures.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let split = match args.split.as_str() {
+        "train" => Split::Train,
+        "val" => Split::Val,
+        _ => Split::Test,
+    };
+    let report = dssm_trainer::evaluate_run(&args.run, split)
+        .with_context(|| format!("cannot evaluate the run in {}", args.run.display()))?;
+    println!("run          {}", report.run_dir.display());
+    println!("checkpoint   {}", report.checkpoint);
+    print_pointwise(&report.split, &report.metrics);
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn print_pointwise(name: &str, metrics: &PointwiseMetrics) {
+    println!(
+        "{name:<12} AUC {:.4}  GAUC {:.4}  log loss {:.4}  ({} rows)",
+        metrics.auc, metrics.gauc, metrics.logloss, metrics.rows
+    );
+}

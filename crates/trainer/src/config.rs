@@ -1,0 +1,948 @@
+//! The run configuration: a TOML file read with serde (`deny_unknown_fields` everywhere) and
+//! validated by [`RunConfig::check`] before any work starts.
+//!
+//! Every section and every key has a default, so an empty file is a valid (if not very useful)
+//! configuration. Relative paths (`data.path`, `output.dir`) are resolved against the current
+//! working directory of the process that trains, which is the workspace root when the run goes
+//! through `cargo xtask`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// An error in a run configuration. Each variant names the file or the key path
+/// (`model.user_tower.dropout`) and, for bad values, what is allowed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the expected shape (an unknown key, a wrong type,
+    /// an unknown variant).
+    #[error("config {path}: at `{key}` (line {line}, column {column}): {message}")]
+    Parse {
+        /// The config file, or `<string>` for text parsed from memory.
+        path: PathBuf,
+        /// The key path (table header plus key) nearest to the error, best effort.
+        key: String,
+        /// 1-based line of the error (0 when unknown).
+        line: usize,
+        /// 1-based column of the error (0 when unknown).
+        column: usize,
+        /// The parser's message, which names the offending key or value and the allowed ones.
+        message: String,
+    },
+    /// A value parsed but is out of range or inconsistent with another value.
+    #[error("invalid value {value} for `{key}`: expected {expected}")]
+    Invalid {
+        /// The key path, e.g. `model.user_tower.dropout`.
+        key: String,
+        /// The value found, as written in TOML.
+        value: String,
+        /// What is allowed.
+        expected: String,
+    },
+}
+
+/// A whole run: data, features, model, sampler, loss, optimizer, schedule, training and output.
+///
+/// ```
+/// use dssm_trainer::RunConfig;
+/// let config = RunConfig::from_toml_str(
+///     "[train]\nepochs = 3\nseed = 7\n[model.user_tower]\nhidden = [64, 32]\n",
+/// ).unwrap();
+/// assert_eq!(config.train.epochs, 3);
+/// assert_eq!(config.model.user_tower.hidden, vec![64, 32]);
+/// assert!(RunConfig::from_toml_str("[train]\nepochz = 3\n").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// `[data]`: the dataset folder and its protocol.
+    pub data: DataConfig,
+    /// `[features]`: which dataset features each tower uses.
+    pub features: FeaturesConfig,
+    /// `[model]`: towers, SENet, similarity.
+    pub model: ModelSection,
+    /// `[sampler]`: negative sampling.
+    pub sampler: SamplerConfig,
+    /// `[loss]`: the training objective.
+    pub loss: LossConfig,
+    /// `[optimizer]`: the update rule.
+    pub optimizer: OptimizerConfig,
+    /// `[schedule]`: learning-rate step decay and warm-up.
+    pub schedule: ScheduleConfig,
+    /// `[train]`: batch size, epochs, validation, early stopping, seed, device.
+    pub train: TrainConfig,
+    /// `[output]`: the run folder.
+    pub output: OutputConfig,
+}
+
+/// The evaluation protocol a dataset folder was prepared for (see PROTOCOLS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Liked vs not liked among rated movies; pointwise; AUC.
+    Seed,
+    /// Full-catalogue retrieval of each user's last interaction; HR@K.
+    LeaveLastOut,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Seed => "seed",
+            Protocol::LeaveLastOut => "leave-last-out",
+        })
+    }
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// The dataset folder written by `dssm prepare-data`. Relative paths are resolved against the
+    /// current directory. Default `datasets/prepared/ml-1m-seed`.
+    pub path: PathBuf,
+    /// The protocol the folder must have been prepared for (checked against its manifest).
+    /// Default `seed`.
+    pub protocol: Protocol,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("datasets/prepared/ml-1m-seed"),
+            protocol: Protocol::Seed,
+        }
+    }
+}
+
+/// Pooling of a multi-valued feature (genres).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolingKind {
+    /// Mean over the non-padding values.
+    Mean,
+    /// Sum over the non-padding values.
+    Sum,
+}
+
+/// `[features]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesConfig {
+    /// User-side features by schema name, in tower order. Default: every user feature of the schema.
+    pub user: Option<Vec<String>>,
+    /// Item-side features by schema name, in tower order. Default: every item feature of the schema.
+    pub item: Option<Vec<String>>,
+    /// Embedding size of every feature. Default 8.
+    pub embedding_dim: usize,
+    /// Per-feature embedding sizes that override `embedding_dim`. Default empty.
+    pub embedding_dims: BTreeMap<String, usize>,
+    /// Pooling of multi-valued features. Default `mean`.
+    pub pooling: PoolingKind,
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        Self {
+            user: None,
+            item: None,
+            embedding_dim: 8,
+            embedding_dims: BTreeMap::new(),
+            pooling: PoolingKind::Mean,
+        }
+    }
+}
+
+/// Activation between tower layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationKind {
+    /// max(x, 0).
+    Relu,
+    /// x for x >= 0, else 0.01 x (the model crate's slope).
+    LeakyRelu,
+    /// tanh.
+    Tanh,
+    /// GELU (tanh approximation).
+    Gelu,
+}
+
+/// `[model.user_tower]` and `[model.item_tower]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TowerSection {
+    /// Hidden sizes; the last one is the output embedding size. Default `[128, 64, 32]`.
+    pub hidden: Vec<usize>,
+    /// Activation after every hidden layer but the last. Default `leaky_relu`.
+    pub activation: ActivationKind,
+    /// Dropout probability after each activation, in [0, 1). Default 0.0.
+    pub dropout: f64,
+    /// L2-normalise the tower output. Default false.
+    pub l2_normalize: bool,
+}
+
+impl Default for TowerSection {
+    fn default() -> Self {
+        Self {
+            hidden: vec![128, 64, 32],
+            activation: ActivationKind::LeakyRelu,
+            dropout: 0.0,
+            l2_normalize: false,
+        }
+    }
+}
+
+/// How SENet squeezes each feature embedding to one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqueezeKind {
+    /// Mean over the embedding.
+    Mean,
+    /// Max over the embedding.
+    Max,
+}
+
+/// `[model.senet]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenetSection {
+    /// Whether the towers reweight their feature embeddings with SENet. `false` builds no SENet
+    /// weights at all. Default false.
+    pub enabled: bool,
+    /// Reduction ratio of the excitation layer (features / reduction, at least 1). Default 3.
+    pub reduction: usize,
+    /// Squeeze function. Default `mean`.
+    pub squeeze: SqueezeKind,
+}
+
+impl Default for SenetSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            reduction: 3,
+            squeeze: SqueezeKind::Mean,
+        }
+    }
+}
+
+/// Similarity between the tower outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimilarityKind {
+    /// Dot product.
+    Dot,
+    /// Cosine similarity.
+    Cosine,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// The user tower.
+    pub user_tower: TowerSection,
+    /// The item tower.
+    pub item_tower: TowerSection,
+    /// SENet over each tower's feature embeddings.
+    pub senet: SenetSection,
+    /// Similarity. Default `dot`.
+    pub similarity: SimilarityKind,
+    /// The similarity is divided by this temperature (> 0). Default 1.0.
+    pub temperature: f64,
+    /// Learn the temperature (initialised at `temperature`). Default false.
+    pub learn_temperature: bool,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            user_tower: TowerSection::default(),
+            item_tower: TowerSection::default(),
+            senet: SenetSection::default(),
+            similarity: SimilarityKind::Dot,
+            temperature: 1.0,
+            learn_temperature: false,
+        }
+    }
+}
+
+/// How negatives are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerStrategy {
+    /// No sampled negatives (only the dataset's rows).
+    None,
+    /// Every item equally likely.
+    Uniform,
+    /// Items in proportion to `train_count^alpha`.
+    Popularity,
+}
+
+/// `[sampler]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerConfig {
+    /// Strategy. Default `popularity`.
+    pub strategy: SamplerStrategy,
+    /// Sampled negatives per positive train row. Default 5.
+    pub negatives_per_positive: usize,
+    /// Popularity exponent (1 = like drawing from the train rows, 0 = uniform). Default 1.0.
+    pub alpha: f64,
+    /// Drop a sampled (user, item) pair that is a rated train pair. Default true.
+    pub exclude_positives: bool,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self {
+            strategy: SamplerStrategy::Popularity,
+            negatives_per_positive: 5,
+            alpha: 1.0,
+            exclude_positives: true,
+        }
+    }
+}
+
+/// The training objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Pointwise binary cross-entropy on rated rows plus sampled negatives (the reference).
+    Bce,
+    /// Pairwise BPR: each positive against sampled negatives of the same user.
+    Bpr,
+    /// Softmax over the other positives of the batch.
+    InBatchSoftmax,
+    /// Softmax over the positive and its sampled negatives.
+    SampledSoftmax,
+}
+
+/// `[loss]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    /// Kind. Default `bce`.
+    pub kind: LossKind,
+    /// Softmax temperature (> 0); softmax losses only. Default 1.0.
+    pub temperature: f64,
+    /// Subtract ln q(item) from softmax logits, q from the sampler. Default false.
+    pub logq_correction: bool,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            kind: LossKind::Bce,
+            temperature: 1.0,
+            logq_correction: false,
+        }
+    }
+}
+
+/// The update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam with L2 weight decay added to the gradient.
+    Adam,
+    /// Adam with decoupled weight decay.
+    Adamw,
+    /// SGD with (optional) momentum.
+    Sgd,
+    /// Adagrad.
+    Adagrad,
+}
+
+/// `[optimizer]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Kind. Default `adam`.
+    pub kind: OptimizerKind,
+    /// Learning rate (> 0). Default 1e-3.
+    pub lr: f64,
+    /// Weight decay (>= 0). Default 0.0.
+    pub weight_decay: f64,
+    /// SGD momentum in [0, 1). Default 0.0.
+    pub momentum: f64,
+    /// Adam beta1 in [0, 1). Default 0.9.
+    pub beta1: f64,
+    /// Adam beta2 in [0, 1). Default 0.999.
+    pub beta2: f64,
+    /// Adam/Adagrad epsilon (> 0). Default 1e-8 for Adam; Adagrad uses it too.
+    pub eps: f64,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Adam,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// `[schedule]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// Multiply the learning rate by `gamma` every `step_size` epochs; 0 turns decay off. Default 0.
+    pub step_size: usize,
+    /// Decay factor in (0, 1]. Default 1.0.
+    pub gamma: f64,
+    /// Linear warm-up over this many optimizer steps; 0 turns it off. Default 0.
+    pub warmup_steps: usize,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            step_size: 0,
+            gamma: 1.0,
+            warmup_steps: 0,
+        }
+    }
+}
+
+/// The validation metric that selects the best checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectMetric {
+    /// Validation AUC (higher is better).
+    Auc,
+    /// Validation log loss (lower is better).
+    Logloss,
+    /// Validation GAUC (higher is better).
+    Gauc,
+    /// Validation HR@50 (leave-last-out only; higher is better).
+    HitRate,
+}
+
+impl SelectMetric {
+    /// Whether a larger value is better.
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, SelectMetric::Logloss)
+    }
+
+    /// The name used in metrics files.
+    pub fn name(self) -> &'static str {
+        match self {
+            SelectMetric::Auc => "auc",
+            SelectMetric::Logloss => "logloss",
+            SelectMetric::Gauc => "gauc",
+            SelectMetric::HitRate => "hit_rate",
+        }
+    }
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Rows per optimizer step. Default 2048.
+    pub batch_size: usize,
+    /// Epochs. Default 10.
+    pub epochs: usize,
+    /// Validate every this many epochs (the last epoch is always validated). Default 1.
+    pub eval_every: usize,
+    /// Stop after this many validations without improvement; 0 turns early stopping off. Default 0.
+    pub patience: usize,
+    /// The validation metric that selects the best checkpoint. Default `auc`.
+    pub select_metric: SelectMetric,
+    /// Seed of every random draw (weights, negatives, shuffles, dropout). Default 42.
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`. Default `cpu`.
+    pub device: String,
+    /// Threads of rayon's global pool (Candle's CPU kernels); 0 keeps rayon's default. Default 0.
+    pub threads: usize,
+    /// Rows per evaluation batch. Default 8192.
+    pub eval_batch_size: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 2048,
+            epochs: 10,
+            eval_every: 1,
+            patience: 0,
+            select_metric: SelectMetric::Auc,
+            seed: 42,
+            device: "cpu".to_string(),
+            threads: 0,
+            eval_batch_size: 8192,
+        }
+    }
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// The run folder (created). Relative paths are resolved against the current directory.
+    /// Default `runs/dssm`.
+    pub dir: PathBuf,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("runs/dssm"),
+        }
+    }
+}
+
+fn invalid(key: &str, value: impl fmt::Display, expected: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+/// The key path of the table header at or before byte `offset`, plus the key on the error line.
+fn key_path_at(text: &str, offset: usize) -> (String, usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let mut table = String::new();
+    for raw in before[..line_start].lines() {
+        let trimmed = raw.trim();
+        if trimmed.starts_with('[') {
+            table = trimmed
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+        }
+    }
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    let key = line_text
+        .split('=')
+        .next()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.starts_with('[') && line_text.contains('='))
+        .unwrap_or("");
+    let path = match (table.is_empty(), key.is_empty()) {
+        (true, _) => key.to_string(),
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    };
+    (path, line, column)
+}
+
+impl RunConfig {
+    /// Reads and checks a TOML file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, Path::new("<string>"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: RunConfig = toml::from_str(text).map_err(|err| {
+            let (key, line, column) = err
+                .span()
+                .map_or((String::new(), 0, 0), |span| key_path_at(text, span.start));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                key,
+                line,
+                column,
+                message: err.message().trim().to_string(),
+            }
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML (what the run folder's `config.toml` holds).
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot serialise: {err}\n"))
+    }
+
+    /// Validates ranges and combinations. Called by [`RunConfig::from_file`]; call it again after
+    /// changing fields in code.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let f = &self.features;
+        if f.embedding_dim == 0 {
+            return Err(invalid("features.embedding_dim", 0, "a positive integer"));
+        }
+        for (name, dim) in &f.embedding_dims {
+            if *dim == 0 {
+                return Err(invalid(
+                    &format!("features.embedding_dims.{name}"),
+                    0,
+                    "a positive integer",
+                ));
+            }
+        }
+        for (side, list) in [("user", &f.user), ("item", &f.item)] {
+            if let Some(list) = list {
+                if list.is_empty() {
+                    return Err(invalid(
+                        &format!("features.{side}"),
+                        "[]",
+                        "at least one feature name (or leave the key out for all)",
+                    ));
+                }
+                for (i, name) in list.iter().enumerate() {
+                    if list[..i].contains(name) {
+                        return Err(invalid(
+                            &format!("features.{side}"),
+                            format!("{name:?} (twice)"),
+                            "each feature at most once",
+                        ));
+                    }
+                }
+            }
+        }
+        for (side, tower) in [
+            ("user_tower", &self.model.user_tower),
+            ("item_tower", &self.model.item_tower),
+        ] {
+            if tower.hidden.is_empty() || tower.hidden.contains(&0) {
+                return Err(invalid(
+                    &format!("model.{side}.hidden"),
+                    format!("{:?}", tower.hidden),
+                    "a non-empty list of positive layer sizes",
+                ));
+            }
+            if !(0.0..1.0).contains(&tower.dropout) {
+                return Err(invalid(
+                    &format!("model.{side}.dropout"),
+                    tower.dropout,
+                    "a probability in [0, 1)",
+                ));
+            }
+        }
+        if self.model.user_tower.hidden.last() != self.model.item_tower.hidden.last() {
+            return Err(invalid(
+                "model.item_tower.hidden",
+                format!("{:?}", self.model.item_tower.hidden),
+                &format!(
+                    "the same last size as model.user_tower.hidden ({})",
+                    self.model.user_tower.hidden.last().copied().unwrap_or(0)
+                ),
+            ));
+        }
+        if self.model.senet.reduction == 0 {
+            return Err(invalid("model.senet.reduction", 0, "a positive integer"));
+        }
+        positive_finite("model.temperature", self.model.temperature)?;
+        let s = &self.sampler;
+        if !(s.alpha.is_finite() && s.alpha >= 0.0) {
+            return Err(invalid("sampler.alpha", s.alpha, "a finite number >= 0"));
+        }
+        let needs_negatives = matches!(self.loss.kind, LossKind::Bpr | LossKind::SampledSoftmax);
+        if needs_negatives && (s.strategy == SamplerStrategy::None || s.negatives_per_positive == 0)
+        {
+            return Err(invalid(
+                "sampler.strategy",
+                format!(
+                    "{:?} with {} negatives",
+                    s.strategy, s.negatives_per_positive
+                ),
+                "`uniform` or `popularity` with negatives_per_positive >= 1 for loss.kind bpr or sampled_softmax",
+            ));
+        }
+        positive_finite("loss.temperature", self.loss.temperature)?;
+        if self.loss.logq_correction
+            && !matches!(
+                self.loss.kind,
+                LossKind::InBatchSoftmax | LossKind::SampledSoftmax
+            )
+        {
+            return Err(invalid(
+                "loss.logq_correction",
+                true,
+                "false unless loss.kind is in_batch_softmax or sampled_softmax",
+            ));
+        }
+        let o = &self.optimizer;
+        positive_finite("optimizer.lr", o.lr)?;
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return Err(invalid(
+                "optimizer.weight_decay",
+                o.weight_decay,
+                "a finite number >= 0",
+            ));
+        }
+        for (key, value) in [
+            ("optimizer.momentum", o.momentum),
+            ("optimizer.beta1", o.beta1),
+            ("optimizer.beta2", o.beta2),
+        ] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(invalid(key, value, "a number in [0, 1)"));
+            }
+        }
+        positive_finite("optimizer.eps", o.eps)?;
+        if !(self.schedule.gamma > 0.0 && self.schedule.gamma <= 1.0) {
+            return Err(invalid(
+                "schedule.gamma",
+                self.schedule.gamma,
+                "a number in (0, 1]",
+            ));
+        }
+        let t = &self.train;
+        for (key, value) in [
+            ("train.batch_size", t.batch_size),
+            ("train.epochs", t.epochs),
+            ("train.eval_every", t.eval_every),
+            ("train.eval_batch_size", t.eval_batch_size),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, 0, "a positive integer"));
+            }
+        }
+        if self.loss.kind == LossKind::InBatchSoftmax && t.batch_size < 2 {
+            return Err(invalid(
+                "train.batch_size",
+                t.batch_size,
+                "at least 2 for loss.kind in_batch_softmax",
+            ));
+        }
+        if !valid_device(&t.device) {
+            return Err(invalid(
+                "train.device",
+                format!("{:?}", t.device),
+                "\"cpu\", \"cuda\" or \"cuda:N\"",
+            ));
+        }
+        match (self.data.protocol, t.select_metric) {
+            (Protocol::Seed, SelectMetric::HitRate) => {
+                return Err(invalid(
+                    "train.select_metric",
+                    "\"hit_rate\"",
+                    "\"auc\", \"logloss\" or \"gauc\" under data.protocol seed",
+                ));
+            }
+            (Protocol::LeaveLastOut, m) if m != SelectMetric::HitRate => {
+                return Err(invalid(
+                    "train.select_metric",
+                    format!("{:?}", m.name()),
+                    "\"hit_rate\" under data.protocol leave-last-out",
+                ));
+            }
+            _ => {}
+        }
+        if self.data.path.as_os_str().is_empty() {
+            return Err(invalid("data.path", "\"\"", "a dataset folder"));
+        }
+        if self.output.dir.as_os_str().is_empty() {
+            return Err(invalid("output.dir", "\"\"", "a run folder"));
+        }
+        Ok(())
+    }
+}
+
+fn positive_finite(key: &str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(key, value, "a finite number > 0"))
+    }
+}
+
+fn valid_device(device: &str) -> bool {
+    device == "cpu"
+        || device == "cuda"
+        || device
+            .strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[data]
+path = "datasets/prepared/ml-1m-seed"
+protocol = "seed"
+
+[features]
+user = ["user_id", "gender"]
+item = ["movie_id"]
+embedding_dim = 8
+
+[model]
+similarity = "dot"
+temperature = 1.0
+
+[model.user_tower]
+hidden = [64, 32]
+activation = "leaky_relu"
+dropout = 0.1
+
+[model.item_tower]
+hidden = [64, 32]
+
+[model.senet]
+enabled = false
+reduction = 2
+
+[sampler]
+strategy = "popularity"
+negatives_per_positive = 5
+alpha = 1.0
+
+[loss]
+kind = "bce"
+
+[optimizer]
+kind = "adam"
+lr = 0.001
+
+[schedule]
+step_size = 2
+gamma = 0.5
+
+[train]
+batch_size = 2048
+epochs = 10
+patience = 2
+select_metric = "auc"
+seed = 42
+device = "cpu"
+
+[output]
+dir = "runs/x"
+"#;
+
+    #[test]
+    fn good_file_parses() {
+        let config = RunConfig::from_toml_str(GOOD).unwrap();
+        assert_eq!(
+            config.features.user.as_deref().unwrap(),
+            ["user_id", "gender"]
+        );
+        assert_eq!(config.model.user_tower.dropout, 0.1);
+        assert!(!config.model.senet.enabled);
+        assert_eq!(config.schedule.step_size, 2);
+        assert_eq!(config.train.patience, 2);
+        // The serialised form parses back to the same config.
+        let again = RunConfig::from_toml_str(&config.to_toml_string()).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name_and_table() {
+        let text = GOOD.replace("dropout = 0.1", "dropout = 0.1\ndropuot = 0.2");
+        let err = RunConfig::from_toml_str(&text).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("dropuot"), "{message}");
+        assert!(message.contains("model.user_tower"), "{message}");
+        assert!(
+            message.contains("dropout"),
+            "allowed keys listed: {message}"
+        );
+    }
+
+    #[test]
+    fn unknown_section_is_rejected() {
+        let err = RunConfig::from_toml_str("[trian]\nepochs = 1\n").unwrap_err();
+        assert!(err.to_string().contains("trian"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_value_names_key_and_allowed_values() {
+        let text = GOOD.replace("similarity = \"dot\"", "similarity = \"euclid\"");
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("model.similarity"), "{message}");
+        assert!(message.contains("euclid"), "{message}");
+        assert!(message.contains("cosine"), "{message}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_key() {
+        let text = GOOD.replace("dropout = 0.1", "dropout = 1.5");
+        match RunConfig::from_toml_str(&text).unwrap_err() {
+            ConfigError::Invalid { key, value, .. } => {
+                assert_eq!(key, "model.user_tower.dropout");
+                assert_eq!(value, "1.5");
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        let text = GOOD.replace("device = \"cpu\"", "device = \"gpu\"");
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("train.device"), "{message}");
+        let text = GOOD.replace("lr = 0.001", "lr = -1.0");
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("optimizer.lr"), "{message}");
+    }
+
+    #[test]
+    fn inconsistent_combinations_are_rejected() {
+        let text = GOOD.replace(
+            "hidden = [64, 32]\n\n[model.senet]",
+            "hidden = [64, 16]\n\n[model.senet]",
+        );
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("model.item_tower.hidden"), "{message}");
+        let text = GOOD.replace("kind = \"bce\"", "kind = \"bce\"\nlogq_correction = true");
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("loss.logq_correction"), "{message}");
+        let text = GOOD.replace("select_metric = \"auc\"", "select_metric = \"hit_rate\"");
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("train.select_metric"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let text = GOOD.replace("epochs = 10", "epochs = \"ten\"");
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("train.epochs"), "{message}");
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        for name in [
+            "dssm.toml",
+            "senet.toml",
+            "senet-genres.toml",
+            "quickstart.toml",
+        ] {
+            let config = RunConfig::from_file(dir.join(name)).unwrap();
+            assert_eq!(config.data.protocol, Protocol::Seed, "{name}");
+        }
+        let senet = RunConfig::from_file(dir.join("senet.toml")).unwrap();
+        let plain = RunConfig::from_file(dir.join("dssm.toml")).unwrap();
+        assert!(senet.model.senet.enabled && !plain.model.senet.enabled);
+    }
+
+    #[test]
+    fn empty_text_is_the_default() {
+        assert_eq!(RunConfig::from_toml_str("").unwrap(), RunConfig::default());
+    }
+}

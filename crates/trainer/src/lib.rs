@@ -1,0 +1,66 @@
+//! Training loop for the DSSM two-tower model: the run config (TOML, validated), batches gathered
+//! from the dataset folder, negatives through `dssm-sampler`, losses (BCE, BPR, in-batch and
+//! sampled softmax with log-Q), optimizers with saveable state (Adam, AdamW, SGD with momentum,
+//! Adagrad) and a step/warm-up schedule, validation (AUC, log loss, GAUC), best-by-validation
+//! checkpoints, early stopping and exact resume.
+//!
+//! *Invariant:* the test split is read once, at the end of [`train`], with the best-validation
+//! checkpoint reloaded from disk.
+//!
+//! # The `seed` protocol recipe
+//! Each epoch trains on the rated train rows (label = rating > 3) plus
+//! `sampler.negatives_per_positive` sampled negatives per positive train row: items drawn by
+//! popularity (`train_count^alpha`), each paired with a uniformly random user, labelled 0. A
+//! sampled pair that is a rated train pair is redrawn (`sampler.exclude_positives`). Negatives and
+//! the row order depend only on (seed, epoch); dropout masks on (seed, epoch, step).
+//!
+//! # The run folder
+//! ```text
+//! <run>/config.toml            the config as used
+//!       run.json               seed, code version, dataset (absolute path, manifest checksum)
+//!       dataset-manifest.json  a copy of the dataset's manifest
+//!       metrics.jsonl          one line per epoch (EpochRecord)
+//!       metrics.json           the final record (FinalMetrics): val and test of the best epoch
+//!       training.svg           training loss and validation metrics by epoch
+//!       checkpoints/best/      model.safetensors, model.json, state.json
+//!       checkpoints/last/      the same plus optimizer.safetensors/.json (for resume)
+//! ```
+//! Checkpoints are written to a temporary folder and renamed into place.
+//!
+//! # Example
+//! ```
+//! use dssm_trainer::{RunConfig, TrainOptions};
+//! let config = RunConfig::from_toml_str(r#"
+//!     [data]
+//!     path = "datasets/prepared/synthetic-seed"
+//!     [train]
+//!     epochs = 2
+//!     [output]
+//!     dir = "runs/example"
+//! "#)?;
+//! assert_eq!(config.loss.kind, dssm_trainer::config::LossKind::Bce);
+//! let options = TrainOptions { resume: true, ..TrainOptions::default() };
+//! // dssm_trainer::train(&config, &options)? trains (needs the dataset folder).
+//! # let _ = options;
+//! # Ok::<(), dssm_trainer::ConfigError>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+mod plot;
+pub mod policy;
+pub mod report;
+mod retrieval;
+mod tables;
+mod train;
+
+pub use config::{ConfigError, RunConfig};
+pub use dssm_data::Split;
+pub use error::TrainError;
+pub use plot::training_svg;
+pub use report::{EpochRecord, EvalReport, FinalMetrics, RetrievalMetrics, TrainReport};
+pub use train::{LoadedRun, TrainOptions, evaluate_run, layout, load_run, train};

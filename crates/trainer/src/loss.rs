@@ -1,0 +1,204 @@
+//! Training losses on Candle tensors: pointwise BCE, pairwise BPR, in-batch softmax and sampled
+//! softmax (both with a temperature and the optional log-Q correction).
+//!
+//! All return the mean over the batch as a scalar tensor.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use dssm_trainer::loss::bce_with_logits;
+//! let logits = Tensor::new(&[0.0f32, 0.0], &Device::Cpu).unwrap();
+//! let targets = Tensor::new(&[1.0f32, 0.0], &Device::Cpu).unwrap();
+//! let loss = bce_with_logits(&logits, &targets).unwrap().to_scalar::<f32>().unwrap();
+//! assert!((loss - std::f32::consts::LN_2).abs() < 1e-6);
+//! ```
+
+use candle_core::{D, Result, Tensor};
+
+/// ln(1 + exp(x)) without overflow: max(x, 0) + ln(1 + exp(-|x|)).
+pub fn softplus(x: &Tensor) -> Result<Tensor> {
+    let positive = x.relu()?;
+    let tail = ((x.abs()?.neg()?.exp()? + 1.0)?).log()?;
+    positive + tail
+}
+
+/// Mean binary cross-entropy of `logits` [B] against `targets` [B] (0/1 floats), in the stable
+/// form max(x, 0) - x y + ln(1 + exp(-|x|)) (dssm-model's fused kernel on CPU).
+pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    dssm_model::bce_with_logits(logits, targets)
+}
+
+/// Mean BPR loss: -ln sigmoid(s_pos - s_neg) = softplus(s_neg - s_pos), for `positive` [B] and
+/// `negative` [B, K] (each positive against its K negatives).
+pub fn bpr(positive: &Tensor, negative: &Tensor) -> Result<Tensor> {
+    let difference = negative.broadcast_sub(&positive.unsqueeze(1)?)?;
+    softplus(&difference)?.mean_all()
+}
+
+/// Mean softmax cross-entropy where row i's target is column i: in-batch softmax over a score
+/// matrix `scores` [B, B] (user i against the items of the batch), divided by `temperature`, with
+/// `log_q` [B] (ln of each batch item's sampling probability) subtracted from each column when
+/// given. `item_ids` (one per column), when given, masks accidental hits: a column holding the
+/// same item as row i's target (other than column i) is removed from row i's softmax.
+pub fn in_batch_softmax(
+    scores: &Tensor,
+    temperature: f64,
+    log_q: Option<&Tensor>,
+    item_ids: Option<&[u32]>,
+) -> Result<Tensor> {
+    let batch = scores.dim(0)?;
+    let mut logits = (scores / temperature)?;
+    if let Some(log_q) = log_q {
+        logits = logits.broadcast_sub(&log_q.to_dtype(logits.dtype())?.unsqueeze(0)?)?;
+    }
+    if let Some(ids) = item_ids {
+        let mut mask = vec![0f32; batch * batch];
+        let mut any = false;
+        for i in 0..batch {
+            for j in 0..batch {
+                if i != j && ids[i] == ids[j] {
+                    mask[i * batch + j] = -1e9;
+                    any = true;
+                }
+            }
+        }
+        if any {
+            let mask = Tensor::from_vec(mask, (batch, batch), scores.device())?
+                .to_dtype(logits.dtype())?;
+            logits = (logits + mask)?;
+        }
+    }
+    let targets = Tensor::arange(0u32, batch as u32, scores.device())?;
+    softmax_cross_entropy(&logits, &targets)
+}
+
+/// Mean sampled-softmax cross-entropy: each row's logits are [positive, negatives...] divided by
+/// `temperature`, minus ln q of each item when `log_q_positive` [B] and `log_q_negative` [B, K]
+/// are given; the target is the positive.
+pub fn sampled_softmax(
+    positive: &Tensor,
+    negative: &Tensor,
+    temperature: f64,
+    log_q: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    let mut logits = (Tensor::cat(&[&positive.unsqueeze(1)?, negative], 1)? / temperature)?;
+    if let Some((q_positive, q_negative)) = log_q {
+        let q = Tensor::cat(&[&q_positive.unsqueeze(1)?, q_negative], 1)?;
+        logits = (logits - q.to_dtype(positive.dtype())?)?;
+    }
+    let targets = Tensor::zeros(positive.dim(0)?, candle_core::DType::U32, positive.device())?;
+    softmax_cross_entropy(&logits, &targets)
+}
+
+/// Mean of -log_softmax(logits)[target] over rows; `logits` [B, C], `targets` [B] u32.
+pub fn softmax_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let log_probabilities = shifted.broadcast_sub(&log_sum)?;
+    let picked = log_probabilities.gather(&targets.unsqueeze(1)?, 1)?;
+    picked.neg()?.mean_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn t1(values: &[f32]) -> Tensor {
+        Tensor::new(values, &Device::Cpu).unwrap()
+    }
+
+    fn scalar(t: Tensor) -> f32 {
+        t.to_scalar::<f32>().unwrap()
+    }
+
+    fn close(a: f32, b: f32) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+
+    #[test]
+    fn bce_hand_values_and_extreme_logits() {
+        // x = 2, y = 1: ln(1 + e^-2); x = -1, y = 0: ln(1 + e^-1).
+        let expected = ((1.0 + (-2f32).exp()).ln() + (1.0 + (-1f32).exp()).ln()) / 2.0;
+        close(
+            scalar(bce_with_logits(&t1(&[2.0, -1.0]), &t1(&[1.0, 0.0])).unwrap()),
+            expected,
+        );
+        // Stable at +/-100: a confident mistake costs ~100, not inf.
+        let value = scalar(bce_with_logits(&t1(&[100.0, -100.0]), &t1(&[0.0, 1.0])).unwrap());
+        close(value, 100.0);
+    }
+
+    #[test]
+    fn bce_gradient_is_sigmoid_minus_target() {
+        let x = Var::new(&[0.5f32], &Device::Cpu).unwrap();
+        let loss = bce_with_logits(x.as_tensor(), &t1(&[1.0])).unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap()[0];
+        close(g, 1.0 / (1.0 + (-0.5f32).exp()) - 1.0);
+    }
+
+    #[test]
+    fn bpr_hand_value() {
+        // Row 0: softplus(1 - 2) and softplus(0 - 2); row 1: softplus(3 - 0), softplus(0 - 0).
+        let positive = t1(&[2.0, 0.0]);
+        let negative = Tensor::new(&[[1.0f32, 0.0], [3.0, 0.0]], &Device::Cpu).unwrap();
+        let sp = |x: f32| (1.0 + x.exp()).ln();
+        let expected = (sp(-1.0) + sp(-2.0) + sp(3.0) + sp(0.0)) / 4.0;
+        close(scalar(bpr(&positive, &negative).unwrap()), expected);
+    }
+
+    #[test]
+    fn in_batch_softmax_hand_value() {
+        // scores [[1, 0], [0, 2]], temperature 1:
+        // row 0: -ln(e^1 / (e^1 + e^0)); row 1: -ln(e^2 / (e^0 + e^2)).
+        let scores = Tensor::new(&[[1.0f32, 0.0], [0.0, 2.0]], &Device::Cpu).unwrap();
+        let row0 = -(1f32.exp() / (1f32.exp() + 1.0)).ln();
+        let row1 = -(2f32.exp() / (1.0 + 2f32.exp())).ln();
+        let value = scalar(in_batch_softmax(&scores, 1.0, None, None).unwrap());
+        close(value, (row0 + row1) / 2.0);
+        // Temperature 0.5 doubles the logits.
+        let row0 = -(2f32.exp() / (2f32.exp() + 1.0)).ln();
+        let row1 = -(4f32.exp() / (1.0 + 4f32.exp())).ln();
+        let value = scalar(in_batch_softmax(&scores, 0.5, None, None).unwrap());
+        close(value, (row0 + row1) / 2.0);
+    }
+
+    #[test]
+    fn in_batch_softmax_log_q_and_accidental_hits() {
+        // log q = [ln 0.5, ln 0.25]: column logits become s - ln q.
+        let scores = Tensor::new(&[[1.0f32, 0.0], [0.0, 2.0]], &Device::Cpu).unwrap();
+        let log_q = t1(&[0.5f32.ln(), 0.25f32.ln()]);
+        let (a, b) = (1.0 - 0.5f32.ln(), 0.0 - 0.25f32.ln());
+        let (c, d) = (0.0 - 0.5f32.ln(), 2.0 - 0.25f32.ln());
+        let row0 = -(a.exp() / (a.exp() + b.exp())).ln();
+        let row1 = -(d.exp() / (c.exp() + d.exp())).ln();
+        let value = scalar(in_batch_softmax(&scores, 1.0, Some(&log_q), None).unwrap());
+        close(value, (row0 + row1) / 2.0);
+        // Both rows hold the same item: each row's softmax keeps only its own column: loss 0.
+        let value = scalar(in_batch_softmax(&scores, 1.0, None, Some(&[7, 7])).unwrap());
+        close(value, 0.0);
+    }
+
+    #[test]
+    fn sampled_softmax_hand_value() {
+        // One row: positive 1, negatives [0, 1]: -ln(e / (e + 1 + e)).
+        let positive = t1(&[1.0]);
+        let negative = Tensor::new(&[[0.0f32, 1.0]], &Device::Cpu).unwrap();
+        let e = 1f32.exp();
+        let expected = -(e / (2.0 * e + 1.0)).ln();
+        close(
+            scalar(sampled_softmax(&positive, &negative, 1.0, None).unwrap()),
+            expected,
+        );
+        // log-Q: subtract ln 0.5 from the positive, ln 1 from the negatives: positive logit 1 + ln 2.
+        let q_pos = t1(&[0.5f32.ln()]);
+        let q_neg = Tensor::new(&[[0.0f32, 0.0]], &Device::Cpu).unwrap();
+        let p = 1.0 + 2f32.ln();
+        let expected = -(p.exp() / (p.exp() + 1.0 + e)).ln();
+        close(
+            scalar(sampled_softmax(&positive, &negative, 1.0, Some((&q_pos, &q_neg))).unwrap()),
+            expected,
+        );
+    }
+}

@@ -1,0 +1,470 @@
+//! Optimizers with saveable state (Adam, AdamW, SGD with momentum, Adagrad) and the learning-rate
+//! schedule (step decay plus linear warm-up).
+//!
+//! candle-nn's AdamW keeps its moments private, so a resumed run could not continue exactly; these
+//! optimizers keep their state in host buffers, update each variable on the host and write it back
+//! with one copy. For the sizes of this model (well under a million parameters) that costs little
+//! and makes every step bit-reproducible and resumable.
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use dssm_trainer::config::{OptimizerConfig, OptimizerKind};
+//! use dssm_trainer::optim::Optimizer;
+//! let w = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
+//! let config = OptimizerConfig { kind: OptimizerKind::Sgd, lr: 0.1, ..Default::default() };
+//! let mut optimizer = Optimizer::new(&config, vec![("w".to_string(), w.clone())]);
+//! // loss = sum(w^2): gradient 2w.
+//! let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();
+//! optimizer.step(&loss.backward().unwrap(), 0.1).unwrap();
+//! assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), vec![0.8, -1.6]);
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{OptimizerConfig, OptimizerKind, ScheduleConfig};
+
+/// One optimized variable and its state buffers.
+#[derive(Debug)]
+struct Param {
+    name: String,
+    var: Var,
+    /// Adam: first moment; SGD: momentum buffer; Adagrad: sum of squared gradients.
+    first: Vec<f32>,
+    /// Adam: second moment; unused otherwise.
+    second: Vec<f32>,
+}
+
+/// An optimizer over named variables; see the module docs.
+#[derive(Debug)]
+pub struct Optimizer {
+    config: OptimizerConfig,
+    params: Vec<Param>,
+    steps: u64,
+}
+
+/// The scalar part of the optimizer state (the buffers go to safetensors).
+#[derive(Debug, Serialize, Deserialize)]
+struct OptimizerMeta {
+    kind: OptimizerKind,
+    steps: u64,
+    names: Vec<String>,
+}
+
+/// Why optimizer state could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OptimizerStateError {
+    /// A file could not be read or written.
+    #[error("optimizer state {path}: {message}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The saved state does not match these variables.
+    #[error("optimizer state {path}: {message}")]
+    Mismatch {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What differs.
+        message: String,
+    },
+}
+
+impl Optimizer {
+    /// An optimizer over `params` (name, variable); the names key the saved state. Non-float
+    /// variables are skipped.
+    pub fn new(config: &OptimizerConfig, params: Vec<(String, Var)>) -> Self {
+        let params = params
+            .into_iter()
+            .filter(|(_, var)| var.dtype().is_float())
+            .map(|(name, var)| {
+                let n = var.elem_count();
+                let second = if matches!(config.kind, OptimizerKind::Adam | OptimizerKind::Adamw) {
+                    vec![0.0; n]
+                } else {
+                    Vec::new()
+                };
+                Param {
+                    name,
+                    var,
+                    first: vec![0.0; n],
+                    second,
+                }
+            })
+            .collect();
+        Self {
+            config: config.clone(),
+            params,
+            steps: 0,
+        }
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Applies one update with learning rate `lr`. Variables without a gradient are left alone
+    /// (their state does not decay).
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> candle_core::Result<()> {
+        self.steps += 1;
+        let c = &self.config;
+        let t = self.steps as i32;
+        let (b1, b2) = (c.beta1, c.beta2);
+        let bias1 = 1.0 - b1.powi(t);
+        let bias2 = 1.0 - b2.powi(t);
+        let wd = c.weight_decay as f32;
+        for param in &mut self.params {
+            let Some(grad) = grads.get(param.var.as_tensor()) else {
+                continue;
+            };
+            let grad = grad
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?;
+            let tensor = param.var.as_tensor();
+            let mut theta = tensor
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?;
+            match c.kind {
+                OptimizerKind::Adam | OptimizerKind::Adamw => {
+                    let decoupled = c.kind == OptimizerKind::Adamw;
+                    let (lr, b1, b2, eps) = (lr as f32, b1 as f32, b2 as f32, c.eps as f32);
+                    let (bias1, bias2_sqrt) = (bias1 as f32, (bias2 as f32).sqrt());
+                    for i in 0..theta.len() {
+                        let mut g = grad[i];
+                        if decoupled {
+                            theta[i] -= lr * wd * theta[i];
+                        } else {
+                            g += wd * theta[i];
+                        }
+                        let m = b1 * param.first[i] + (1.0 - b1) * g;
+                        let v = b2 * param.second[i] + (1.0 - b2) * g * g;
+                        param.first[i] = m;
+                        param.second[i] = v;
+                        let m_hat = m / bias1;
+                        let v_hat_sqrt = v.sqrt() / bias2_sqrt;
+                        theta[i] -= lr * m_hat / (v_hat_sqrt + eps);
+                    }
+                }
+                OptimizerKind::Sgd => {
+                    let (lr, momentum) = (lr as f32, c.momentum as f32);
+                    for i in 0..theta.len() {
+                        let g = grad[i] + wd * theta[i];
+                        let update = if momentum > 0.0 {
+                            let buffer = momentum * param.first[i] + g;
+                            param.first[i] = buffer;
+                            buffer
+                        } else {
+                            g
+                        };
+                        theta[i] -= lr * update;
+                    }
+                }
+                OptimizerKind::Adagrad => {
+                    let (lr, eps) = (lr as f32, c.eps as f32);
+                    for i in 0..theta.len() {
+                        let g = grad[i] + wd * theta[i];
+                        param.first[i] += g * g;
+                        theta[i] -= lr * g / (param.first[i].sqrt() + eps);
+                    }
+                }
+            }
+            let updated = Tensor::from_vec(theta, tensor.shape(), &Device::Cpu)?
+                .to_dtype(tensor.dtype())?
+                .to_device(tensor.device())?;
+            param.var.set(&updated)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the state to `dir/optimizer.safetensors` and `dir/optimizer.json`.
+    pub fn save(&self, dir: &Path) -> Result<(), OptimizerStateError> {
+        let mut tensors = HashMap::new();
+        for param in &self.params {
+            let file_error = |e: candle_core::Error| OptimizerStateError::File {
+                path: dir.join("optimizer.safetensors"),
+                message: e.to_string(),
+            };
+            tensors.insert(
+                format!("{}.first", param.name),
+                Tensor::from_slice(&param.first, param.first.len(), &Device::Cpu)
+                    .map_err(file_error)?,
+            );
+            if !param.second.is_empty() {
+                tensors.insert(
+                    format!("{}.second", param.name),
+                    Tensor::from_slice(&param.second, param.second.len(), &Device::Cpu)
+                        .map_err(file_error)?,
+                );
+            }
+        }
+        let path = dir.join("optimizer.safetensors");
+        candle_core::safetensors::save(&tensors, &path).map_err(|e| OptimizerStateError::File {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let meta = OptimizerMeta {
+            kind: self.config.kind,
+            steps: self.steps,
+            names: self.params.iter().map(|p| p.name.clone()).collect(),
+        };
+        let path = dir.join("optimizer.json");
+        let text = serde_json::to_string_pretty(&meta).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|e| OptimizerStateError::File {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// Restores the state written by [`Optimizer::save`] for the same variables and kind.
+    pub fn load(&mut self, dir: &Path) -> Result<(), OptimizerStateError> {
+        let path = dir.join("optimizer.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| OptimizerStateError::File {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let meta: OptimizerMeta =
+            serde_json::from_str(&text).map_err(|e| OptimizerStateError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        if meta.kind != self.config.kind {
+            return Err(OptimizerStateError::Mismatch {
+                path,
+                message: format!(
+                    "saved by {:?}, this run uses {:?}",
+                    meta.kind, self.config.kind
+                ),
+            });
+        }
+        let names: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
+        if meta.names != names {
+            return Err(OptimizerStateError::Mismatch {
+                path,
+                message: format!("saved variables {:?}, model has {:?}", meta.names, names),
+            });
+        }
+        let path = dir.join("optimizer.safetensors");
+        let tensors = candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| {
+            OptimizerStateError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        for param in &mut self.params {
+            for (suffix, buffer) in [("first", &mut param.first), ("second", &mut param.second)] {
+                if buffer.is_empty() {
+                    continue;
+                }
+                let key = format!("{}.{suffix}", param.name);
+                let values = tensors
+                    .get(&key)
+                    .and_then(|t| t.to_vec1::<f32>().ok())
+                    .filter(|v| v.len() == buffer.len())
+                    .ok_or_else(|| OptimizerStateError::Mismatch {
+                        path: path.clone(),
+                        message: format!("missing or mis-sized buffer {key}"),
+                    })?;
+                *buffer = values;
+            }
+        }
+        self.steps = meta.steps;
+        Ok(())
+    }
+}
+
+/// The learning rate at global optimizer step `step` (0-based) in epoch `epoch` (0-based):
+/// `base * gamma^(epoch / step_size)` (no decay when `step_size` is 0), times
+/// `min(1, (step + 1) / warmup_steps)` during warm-up.
+///
+/// ```
+/// use dssm_trainer::config::ScheduleConfig;
+/// use dssm_trainer::optim::learning_rate;
+/// let schedule = ScheduleConfig { step_size: 2, gamma: 0.5, warmup_steps: 4 };
+/// assert_eq!(learning_rate(&schedule, 1.0, 0, 0), 0.25);
+/// assert_eq!(learning_rate(&schedule, 1.0, 1, 10), 1.0);
+/// assert_eq!(learning_rate(&schedule, 1.0, 4, 100), 0.25);
+/// ```
+pub fn learning_rate(schedule: &ScheduleConfig, base: f64, epoch: usize, step: u64) -> f64 {
+    let decay = epoch
+        .checked_div(schedule.step_size)
+        .map_or(1.0, |periods| schedule.gamma.powi(periods as i32));
+    let warmup = if schedule.warmup_steps == 0 {
+        1.0
+    } else {
+        ((step + 1) as f64 / schedule.warmup_steps as f64).min(1.0)
+    };
+    base * decay * warmup
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One step on loss = sum(w * g_fixed) so the gradient is exactly `g_fixed`.
+    fn one_step(config: &OptimizerConfig, w0: &[f32], g: &[f32], steps: usize) -> Vec<f32> {
+        let w = Var::new(w0, &Device::Cpu).unwrap();
+        let mut optimizer = Optimizer::new(config, vec![("w".to_string(), w.clone())]);
+        let g = Tensor::new(g, &Device::Cpu).unwrap();
+        for _ in 0..steps {
+            let loss = (w.as_tensor() * &g).unwrap().sum_all().unwrap();
+            optimizer
+                .step(&loss.backward().unwrap(), config.lr)
+                .unwrap();
+        }
+        w.as_tensor().to_vec1::<f32>().unwrap()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn adam_first_step_moves_by_lr_times_sign() {
+        // m_hat = g, v_hat = g^2, so the step is lr * g / (|g| + eps) ~ lr * sign(g).
+        let config = OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            lr: 0.1,
+            ..Default::default()
+        };
+        let w = one_step(&config, &[1.0, 1.0], &[0.5, -2.0], 1);
+        assert_close(&w, &[0.9, 1.1]);
+    }
+
+    #[test]
+    fn adam_second_step_hand_computed() {
+        // g constant 0.5: m2 = 0.5 (1 - 0.81) ... m_hat = 0.5, v_hat = 0.25: step again 0.1.
+        let config = OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            lr: 0.1,
+            ..Default::default()
+        };
+        let w = one_step(&config, &[1.0], &[0.5], 2);
+        assert_close(&w, &[0.8]);
+    }
+
+    #[test]
+    fn adam_l2_and_adamw_decoupled_decay() {
+        // Adam: g' = 0.5 + 0.1 * 1 = 0.6 > 0, step is still lr * sign = 0.1.
+        let adam = OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            lr: 0.1,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        assert_close(&one_step(&adam, &[1.0], &[0.5], 1), &[0.9]);
+        // AdamW: theta = 1 - 0.1 * 0.1 * 1 = 0.99, then minus 0.1.
+        let adamw = OptimizerConfig {
+            kind: OptimizerKind::Adamw,
+            ..adam
+        };
+        assert_close(&one_step(&adamw, &[1.0], &[0.5], 1), &[0.89]);
+    }
+
+    #[test]
+    fn sgd_momentum_two_steps() {
+        // b1 = g = 1, w = 1 - 0.1 = 0.9; b2 = 0.9 * 1 + 1 = 1.9, w = 0.9 - 0.19 = 0.71.
+        let config = OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            lr: 0.1,
+            momentum: 0.9,
+            ..Default::default()
+        };
+        assert_close(&one_step(&config, &[1.0], &[1.0], 2), &[0.71]);
+        // With weight decay 0.5 and no momentum: g = 1 + 0.5 * 2 = 2, w = 2 - 0.2 = 1.8.
+        let config = OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            lr: 0.1,
+            weight_decay: 0.5,
+            ..Default::default()
+        };
+        assert_close(&one_step(&config, &[2.0], &[1.0], 1), &[1.8]);
+    }
+
+    #[test]
+    fn adagrad_two_steps() {
+        // Step 1: sum = 4, w = 1 - 0.1 * 2 / 2 = 0.9. Step 2: sum = 8, w = 0.9 - 0.2 / sqrt 8.
+        let config = OptimizerConfig {
+            kind: OptimizerKind::Adagrad,
+            lr: 0.1,
+            eps: 1e-10,
+            ..Default::default()
+        };
+        let expected = 0.9 - 0.2 / 8f32.sqrt();
+        assert_close(&one_step(&config, &[1.0], &[2.0], 2), &[expected]);
+    }
+
+    #[test]
+    fn save_and_load_continue_identically() {
+        let config = OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            lr: 0.05,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let g = Tensor::new(&[0.3f32, -0.7], &Device::Cpu).unwrap();
+        let run = |w: &Var, optimizer: &mut Optimizer, steps: usize| {
+            for _ in 0..steps {
+                let loss = (w.as_tensor().sqr().unwrap() * &g)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                optimizer.step(&loss.backward().unwrap(), 0.05).unwrap();
+            }
+        };
+        let w = Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+        let mut straight = Optimizer::new(&config, vec![("w".into(), w.clone())]);
+        run(&w, &mut straight, 6);
+
+        let w2 = Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+        let mut first = Optimizer::new(&config, vec![("w".into(), w2.clone())]);
+        run(&w2, &mut first, 3);
+        first.save(dir.path()).unwrap();
+        let mut second = Optimizer::new(&config, vec![("w".into(), w2.clone())]);
+        second.load(dir.path()).unwrap();
+        assert_eq!(second.steps(), 3);
+        run(&w2, &mut second, 3);
+        assert_eq!(
+            w.as_tensor().to_vec1::<f32>().unwrap(),
+            w2.as_tensor().to_vec1::<f32>().unwrap()
+        );
+
+        let sgd = OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            ..config
+        };
+        let mut other = Optimizer::new(&sgd, vec![("w".into(), w2)]);
+        assert!(other.load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn schedule_decay_and_warmup() {
+        let none = ScheduleConfig::default();
+        assert_eq!(learning_rate(&none, 0.01, 7, 1000), 0.01);
+        let decay = ScheduleConfig {
+            step_size: 3,
+            gamma: 0.1,
+            warmup_steps: 0,
+        };
+        assert_eq!(learning_rate(&decay, 1.0, 2, 0), 1.0);
+        assert!((learning_rate(&decay, 1.0, 3, 0) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(&decay, 1.0, 6, 0) - 0.01).abs() < 1e-12);
+        let warm = ScheduleConfig {
+            warmup_steps: 10,
+            ..ScheduleConfig::default()
+        };
+        assert!((learning_rate(&warm, 1.0, 0, 4) - 0.5).abs() < 1e-12);
+        assert_eq!(learning_rate(&warm, 1.0, 0, 9), 1.0);
+    }
+}

@@ -1,0 +1,265 @@
+//! Full-catalogue evaluation for the `leave-last-out` protocol (PROTOCOLS.md): every user's
+//! held-out item is ranked against every candidate (the items with at least one train
+//! interaction) by the towers' similarity, with `dssm-retrieval`'s exact index.
+//!
+//! Item ids given to the index are item rows of the dataset's items table, which holds the movies
+//! in ascending movie id, so "equal scores by the lower id" is the protocol's tie rule.
+
+use dssm_model::{Dssm, Mode, ModelConfig, Side, Similarity};
+use dssm_retrieval::{
+    EmbeddingMatrix, ExactIndex, Exclusions, MatrixView, PopularityBaseline, ProtocolVariant,
+    RankingReport,
+};
+
+use crate::error::TrainError;
+use crate::tables::{GatherBuffers, SideTable};
+
+/// The cut-off of the selection metric (`hit_rate` = HR@50).
+pub(crate) const SELECT_CUTOFF: usize = 50;
+
+/// The same epsilon as the model's cosine similarity (`x / sqrt(|x|^2 + eps)`).
+const COSINE_EPS: f32 = 1e-12;
+
+fn retrieval_error(e: dssm_retrieval::Error) -> TrainError {
+    TrainError::Retrieval {
+        message: e.to_string(),
+    }
+}
+
+/// One held-out interaction per user of a split, with each of those users' train items.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldOut {
+    /// User rows, one per held-out interaction.
+    users: Vec<u32>,
+    /// The held-out item row of each user.
+    targets: Vec<u32>,
+    /// The train item rows of each user (masked variant).
+    train_items: Exclusions,
+}
+
+/// What every evaluation of a run shares: the candidates, the users' train items and the
+/// popularity baseline.
+#[derive(Debug, Clone)]
+pub(crate) struct RetrievalSetup {
+    /// Candidate item rows (train count > 0), ascending.
+    candidates: Vec<u32>,
+    /// Train item rows of every user row, in CSR form.
+    offsets: Vec<usize>,
+    items_by_user: Vec<u32>,
+    popularity: PopularityBaseline,
+}
+
+impl RetrievalSetup {
+    /// Builds the setup from the train interactions (`users[i]` interacted with `items[i]`).
+    pub(crate) fn new(n_users: usize, n_items: usize, users: &[u32], items: &[u32]) -> Self {
+        let mut counts = vec![0usize; n_items];
+        let mut per_user = vec![0usize; n_users];
+        for (&u, &i) in users.iter().zip(items) {
+            counts[i as usize] += 1;
+            per_user[u as usize] += 1;
+        }
+        let candidates: Vec<u32> = (0..n_items as u32)
+            .filter(|&i| counts[i as usize] > 0)
+            .collect();
+        let mut offsets = vec![0usize; n_users + 1];
+        for u in 0..n_users {
+            offsets[u + 1] = offsets[u] + per_user[u];
+        }
+        let mut fill = offsets.clone();
+        let mut items_by_user = vec![0u32; users.len()];
+        for (&u, &i) in users.iter().zip(items) {
+            items_by_user[fill[u as usize]] = i;
+            fill[u as usize] += 1;
+        }
+        let popularity = PopularityBaseline::new(&candidates, items.iter().copied());
+        Self {
+            candidates,
+            offsets,
+            items_by_user,
+            popularity,
+        }
+    }
+
+    /// Number of candidates.
+    pub(crate) fn candidates(&self) -> usize {
+        self.candidates.len()
+    }
+
+    fn train_items_of(&self, user: u32) -> &[u32] {
+        let u = user as usize;
+        &self.items_by_user[self.offsets[u]..self.offsets[u + 1]]
+    }
+
+    /// The held-out interactions of a split (`users[i]` held out `items[i]`).
+    pub(crate) fn held_out(&self, users: &[u32], items: &[u32]) -> HeldOut {
+        let train_items = Exclusions::from_rows(users.iter().map(|&u| self.train_items_of(u)));
+        HeldOut {
+            users: users.to_vec(),
+            targets: items.to_vec(),
+            train_items,
+        }
+    }
+
+    /// The popularity baseline's report under each of `variants`.
+    pub(crate) fn popularity(
+        &self,
+        held_out: &HeldOut,
+        variants: &[ProtocolVariant],
+        cutoffs: &[usize],
+    ) -> Result<Vec<RankingReport>, TrainError> {
+        variants
+            .iter()
+            .map(|&v| {
+                self.popularity
+                    .evaluate(&held_out.targets, v, &held_out.train_items, cutoffs)
+                    .map_err(retrieval_error)
+            })
+            .collect()
+    }
+
+    /// The model's report under each of `variants`: user and candidate embeddings in evaluation
+    /// mode, ranked by inner product (of the L2-normalised embeddings for cosine similarity; the
+    /// temperature is positive and does not change the order).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn evaluate(
+        &self,
+        model: &Dssm,
+        model_config: &ModelConfig,
+        users: &SideTable,
+        items: &SideTable,
+        held_out: &HeldOut,
+        variants: &[ProtocolVariant],
+        cutoffs: &[usize],
+        batch_size: usize,
+    ) -> Result<Vec<RankingReport>, TrainError> {
+        let dim = model_config.output_dim();
+        let cosine = model_config.similarity == Similarity::Cosine;
+        let item_vectors = embed_rows(
+            model,
+            model_config,
+            items,
+            Side::Item,
+            &self.candidates,
+            batch_size,
+            cosine,
+        )?;
+        let user_vectors = embed_rows(
+            model,
+            model_config,
+            users,
+            Side::User,
+            &held_out.users,
+            batch_size,
+            cosine,
+        )?;
+        let matrix = EmbeddingMatrix::new(self.candidates.clone(), dim, item_vectors)
+            .map_err(retrieval_error)?;
+        let index = ExactIndex::new(matrix);
+        let queries = MatrixView::new(&user_vectors, dim).map_err(retrieval_error)?;
+        variants
+            .iter()
+            .map(|&v| {
+                let ahead = index
+                    .items_ahead_of_targets(
+                        queries,
+                        &held_out.targets,
+                        v.exclusions(&held_out.train_items),
+                    )
+                    .map_err(retrieval_error)?;
+                Ok(RankingReport::from_items_ahead(v.name(), &ahead, cutoffs))
+            })
+            .collect()
+    }
+}
+
+/// Tower outputs of `rows` of one side, `[rows, dim]` row-major, in evaluation mode; each row
+/// L2-normalised when `normalize`.
+pub(crate) fn embed_rows(
+    model: &Dssm,
+    model_config: &ModelConfig,
+    table: &SideTable,
+    side: Side,
+    rows: &[u32],
+    batch_size: usize,
+    normalize: bool,
+) -> Result<Vec<f32>, TrainError> {
+    let dim = model_config.output_dim();
+    let mut out = Vec::with_capacity(rows.len() * dim);
+    let mut buffers = GatherBuffers::default();
+    for chunk in rows.chunks(batch_size.max(1)) {
+        let batch = table.batch(model_config, chunk, &mut buffers, model.device())?;
+        let embedded = model
+            .encode(side, &batch, Mode::Eval)
+            .map_err(TrainError::model)?;
+        out.extend(
+            embedded
+                .flatten_all()
+                .and_then(|t| t.to_dtype(candle_core::DType::F32))
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(TrainError::tensor("reading embeddings"))?,
+        );
+    }
+    if normalize {
+        for row in out.chunks_mut(dim) {
+            let norm = (row.iter().map(|x| x * x).sum::<f32>() + COSINE_EPS).sqrt();
+            row.iter_mut().for_each(|x| *x /= norm);
+        }
+    }
+    Ok(out)
+}
+
+/// One line per report: `HR@10 .. NDCG@10 .. MRR ..`.
+pub(crate) fn describe(report: &RankingReport) -> String {
+    let mut parts: Vec<String> = report
+        .at_k
+        .iter()
+        .map(|m| format!("HR@{} {:.4}", m.k, m.hit_rate))
+        .collect();
+    parts.extend(
+        report
+            .at_k
+            .iter()
+            .map(|m| format!("NDCG@{} {:.4}", m.k, m.ndcg)),
+    );
+    parts.push(format!("MRR {:.4}", report.mrr));
+    format!(
+        "{:<8} {} ({} users, {} misses)",
+        report.variant,
+        parts.join(", "),
+        report.users,
+        report.misses
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_groups_train_items_and_counts_candidates() {
+        // 3 users, 5 items; item 4 never in train.
+        let users = [0, 0, 1, 2, 2, 2];
+        let items = [1, 2, 1, 0, 3, 1];
+        let setup = RetrievalSetup::new(3, 5, &users, &items);
+        assert_eq!(setup.candidates, vec![0, 1, 2, 3]);
+        assert_eq!(setup.train_items_of(0), &[1, 2]);
+        assert_eq!(setup.train_items_of(1), &[1]);
+        assert_eq!(setup.train_items_of(2), &[0, 3, 1]);
+        let held = setup.held_out(&[2, 0], &[2, 4]);
+        assert_eq!(held.train_items.row(0), &[0, 3, 1]);
+        // Popularity: item 1 (3x), then 0, 2, 3 (1x each, by id). User 2's target 2 is third
+        // unmasked, first once 0, 3, 1 are masked; user 0's target 4 is no candidate: a miss.
+        let reports = setup
+            .popularity(
+                &held,
+                &[ProtocolVariant::Unmasked, ProtocolVariant::Masked],
+                &[1, 3],
+            )
+            .unwrap();
+        assert_eq!(reports[0].misses, 1);
+        assert_eq!(reports[0].at(1).unwrap().hit_rate, 0.0);
+        assert_eq!(reports[0].at(3).unwrap().hit_rate, 0.5);
+        assert_eq!(reports[1].at(1).unwrap().hit_rate, 0.5);
+        assert!(describe(&reports[1]).starts_with("masked"));
+    }
+}

@@ -1,0 +1,267 @@
+//! From the dataset folder to model inputs: the model config built from the schema and the
+//! `[features]` section, and the in-memory feature tables batches are gathered from.
+
+use candle_core::Device;
+use dssm_data::{Dataset, FeatureValues};
+use dssm_model::{
+    Activation, FeatureKind, FeatureSpec, HostColumn, ModelConfig, Pooling, SenetConfig, Side,
+    SideBatch, Similarity, Squeeze, Temperature, TowerConfig,
+};
+
+use crate::config::{
+    ActivationKind, ConfigError, PoolingKind, RunConfig, SimilarityKind, SqueezeKind, TowerSection,
+};
+use crate::error::TrainError;
+
+/// The feature names each tower uses: the `[features]` lists, or every feature of that side in
+/// the schema.
+pub(crate) fn selected_features(
+    config: &RunConfig,
+    dataset: &Dataset,
+    side: Side,
+) -> Result<Vec<String>, TrainError> {
+    let (key, list, data_side) = match side {
+        Side::User => (
+            "features.user",
+            &config.features.user,
+            dssm_data::Side::User,
+        ),
+        Side::Item => (
+            "features.item",
+            &config.features.item,
+            dssm_data::Side::Item,
+        ),
+    };
+    let available: Vec<String> = dataset
+        .schema
+        .side(data_side)
+        .map(|f| f.name.clone())
+        .collect();
+    match list {
+        None => Ok(available),
+        Some(names) => {
+            for name in names {
+                if !available.contains(name) {
+                    return Err(ConfigError::Invalid {
+                        key: key.to_string(),
+                        value: format!("{name:?}"),
+                        expected: format!(
+                            "{} features of the dataset schema: {}",
+                            side.as_str(),
+                            available.join(", ")
+                        ),
+                    }
+                    .into());
+                }
+            }
+            Ok(names.clone())
+        }
+    }
+}
+
+fn tower(section: &TowerSection) -> TowerConfig {
+    TowerConfig {
+        hidden: section.hidden.clone(),
+        activation: match section.activation {
+            ActivationKind::Relu => Activation::Relu,
+            ActivationKind::LeakyRelu => Activation::LeakyRelu,
+            ActivationKind::Tanh => Activation::Tanh,
+            ActivationKind::Gelu => Activation::Gelu,
+        },
+        dropout: section.dropout as f32,
+        l2_normalize: section.l2_normalize,
+    }
+}
+
+/// Builds the model config: features of the schema selected by `[features]` (vocabulary sizes
+/// from the schema), towers, SENet (none when `model.senet.enabled` is false), similarity and
+/// temperature.
+pub(crate) fn model_config(
+    config: &RunConfig,
+    dataset: &Dataset,
+) -> Result<ModelConfig, TrainError> {
+    let mut features = Vec::new();
+    for side in [Side::User, Side::Item] {
+        for name in selected_features(config, dataset, side)? {
+            let Some(spec) = dataset.schema.features.iter().find(|f| f.name == name) else {
+                continue;
+            };
+            let kind = match spec.kind {
+                dssm_data::FeatureKind::Categorical => FeatureKind::Categorical {
+                    vocab_size: spec.vocab_size,
+                },
+                dssm_data::FeatureKind::MultiCategorical => FeatureKind::MultiCategorical {
+                    vocab_size: spec.vocab_size,
+                    max_len: spec.max_len.unwrap_or(1).max(1),
+                    pooling: match config.features.pooling {
+                        PoolingKind::Mean => Pooling::Mean,
+                        PoolingKind::Sum => Pooling::Sum,
+                    },
+                },
+            };
+            features.push(FeatureSpec {
+                name: name.clone(),
+                side,
+                kind,
+                embedding_dim: config.features.embedding_dims.get(&name).copied(),
+            });
+        }
+    }
+    for name in config.features.embedding_dims.keys() {
+        if !features.iter().any(|f| &f.name == name) {
+            return Err(ConfigError::Invalid {
+                key: format!("features.embedding_dims.{name}"),
+                value: format!("{name:?}"),
+                expected: "the name of a feature the towers use".to_string(),
+            }
+            .into());
+        }
+    }
+    let m = &config.model;
+    let model = ModelConfig {
+        features,
+        embedding_dim: config.features.embedding_dim,
+        user_tower: tower(&m.user_tower),
+        item_tower: tower(&m.item_tower),
+        senet: m.senet.enabled.then_some(SenetConfig {
+            reduction: m.senet.reduction,
+            squeeze: match m.senet.squeeze {
+                SqueezeKind::Mean => Squeeze::Mean,
+                SqueezeKind::Max => Squeeze::Max,
+            },
+        }),
+        similarity: match m.similarity {
+            SimilarityKind::Dot => Similarity::Dot,
+            SimilarityKind::Cosine => Similarity::Cosine,
+        },
+        temperature: if m.learn_temperature {
+            Temperature::Learned {
+                init: m.temperature as f32,
+            }
+        } else {
+            Temperature::Fixed(m.temperature as f32)
+        },
+    };
+    model.check().map_err(|e| ConfigError::Invalid {
+        key: format!("model ({})", e.field),
+        value: "(derived model config)".to_string(),
+        expected: e.problem.clone(),
+    })?;
+    Ok(model)
+}
+
+/// One id column: `width` ids per row (1 for categorical), row-major.
+#[derive(Debug, Clone)]
+struct IdColumn {
+    width: usize,
+    values: Vec<u32>,
+}
+
+/// The encoded features of one side's table, in tower order.
+#[derive(Debug, Clone)]
+pub(crate) struct SideTable {
+    side: Side,
+    rows: usize,
+    columns: Vec<IdColumn>,
+}
+
+/// Reusable host buffers for gathering one batch of one side.
+#[derive(Debug, Default)]
+pub(crate) struct GatherBuffers {
+    columns: Vec<Vec<u32>>,
+}
+
+impl SideTable {
+    /// Copies the columns the model uses from the dataset's users or items table.
+    pub(crate) fn new(
+        dataset: &Dataset,
+        model: &ModelConfig,
+        side: Side,
+    ) -> Result<Self, TrainError> {
+        let table = match side {
+            Side::User => &dataset.users.features,
+            Side::Item => &dataset.items.features,
+        };
+        let mut columns = Vec::new();
+        for spec in model.side_features(side) {
+            let column = table.get(&spec.name).ok_or_else(|| TrainError::Dataset {
+                path: dataset.dir.clone(),
+                message: format!("the {side} table has no column feature.{}", spec.name),
+            })?;
+            let column = match (&column.values, spec.kind) {
+                (FeatureValues::Categorical(values), FeatureKind::Categorical { .. }) => IdColumn {
+                    width: 1,
+                    values: values.clone(),
+                },
+                (
+                    FeatureValues::Multi { max_len, values },
+                    FeatureKind::MultiCategorical { max_len: m, .. },
+                ) if *max_len == m => IdColumn {
+                    width: m,
+                    values: values.clone(),
+                },
+                _ => {
+                    return Err(TrainError::Dataset {
+                        path: dataset.dir.clone(),
+                        message: format!(
+                            "column feature.{} does not match its schema entry",
+                            spec.name
+                        ),
+                    });
+                }
+            };
+            if column.values.len() != table.rows * column.width {
+                return Err(TrainError::Dataset {
+                    path: dataset.dir.clone(),
+                    message: format!(
+                        "column feature.{} has {} values for {} rows of width {}",
+                        spec.name,
+                        column.values.len(),
+                        table.rows,
+                        column.width
+                    ),
+                });
+            }
+            columns.push(column);
+        }
+        Ok(Self {
+            side,
+            rows: table.rows,
+            columns,
+        })
+    }
+
+    /// Rows in the table.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Gathers `rows` into `buffers` (reused across batches) and builds the side batch.
+    pub(crate) fn batch(
+        &self,
+        model: &ModelConfig,
+        rows: &[u32],
+        buffers: &mut GatherBuffers,
+        device: &Device,
+    ) -> Result<SideBatch, TrainError> {
+        buffers.columns.resize_with(self.columns.len(), Vec::new);
+        for (column, buffer) in self.columns.iter().zip(&mut buffers.columns) {
+            buffer.clear();
+            if column.width == 1 {
+                buffer.extend(rows.iter().map(|&r| column.values[r as usize]));
+            } else {
+                buffer.reserve(rows.len() * column.width);
+                for &r in rows {
+                    let start = r as usize * column.width;
+                    buffer.extend_from_slice(&column.values[start..start + column.width]);
+                }
+            }
+        }
+        let host: Vec<HostColumn<'_>> = buffers
+            .columns
+            .iter()
+            .map(|b| HostColumn::Ids(b.as_slice()))
+            .collect();
+        SideBatch::from_host(model, self.side, rows.len(), &host, device).map_err(TrainError::model)
+    }
+}

@@ -1,0 +1,1511 @@
+//! The training loop, the run folder and the public entry points ([`train`], [`evaluate_run`],
+//! [`load_run`]).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use dssm_data::{Dataset, Split};
+use dssm_model::{Dssm, Mode, ModelConfig, Side};
+use dssm_sampler::{
+    NegativeSampler, PopularitySampler, Positives, SamplerError, UniformSampler, UserItems,
+    fill_negatives,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{LossKind, Protocol, RunConfig, SamplerStrategy};
+use crate::error::TrainError;
+use crate::metrics::PointwiseMetrics;
+use crate::optim::{Optimizer, learning_rate};
+use crate::policy::BestTracker;
+use crate::report::{
+    DatasetInfo, EpochRecord, EvalReport, FinalMetrics, RetrievalMetrics, TrainReport,
+};
+use crate::retrieval::{RetrievalSetup, SELECT_CUTOFF, describe};
+use dssm_retrieval::{PROTOCOL_CUTOFFS, ProtocolVariant, RankingReport};
+use crate::tables::{GatherBuffers, SideTable};
+
+/// Options of one [`train`] call that are not part of the run config.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from `checkpoints/last` of the run folder (the config must match apart from
+    /// `train.epochs`). Without a checkpoint there, training starts from scratch. Default false.
+    pub resume: bool,
+    /// Use this run folder instead of `output.dir`. Default none.
+    pub run_dir: Option<PathBuf>,
+    /// Allow a fresh run in a folder that already holds a run (its files are replaced).
+    /// Default false.
+    pub overwrite: bool,
+    /// Stop after this many completed epochs in this call, as if the process had been
+    /// interrupted: checkpoints are written, the final test evaluation is not done and the
+    /// report's `metrics.test` is `None`. For tests of resume. Default none.
+    pub stop_after_epochs: Option<usize>,
+    /// Show progress bars (only ever drawn when stderr is a terminal). Default false.
+    pub progress: bool,
+}
+
+/// A trained run loaded back: what export and recommend need.
+pub struct LoadedRun {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// The run's configuration (`config.toml`).
+    pub config: RunConfig,
+    /// The dataset it was trained on.
+    pub dataset: Dataset,
+    /// The best-validation model.
+    pub model: Dssm,
+}
+
+impl std::fmt::Debug for LoadedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedRun")
+            .field("run_dir", &self.run_dir)
+            .field("config", &self.config)
+            .field("dataset", &self.dataset.dir)
+            .field("model", self.model.config())
+            .finish()
+    }
+}
+
+impl LoadedRun {
+    /// Embeddings of every row of the users (or items) table, `[rows, dim]` row-major, in
+    /// evaluation mode.
+    pub fn embeddings(
+        &self,
+        side: Side,
+        batch_size: usize,
+    ) -> Result<(Vec<f32>, usize), TrainError> {
+        let table = SideTable::new(&self.dataset, self.model.config(), side)?;
+        let dim = self.model.config().output_dim();
+        let mut out = Vec::with_capacity(table.rows() * dim);
+        let mut buffers = GatherBuffers::default();
+        let rows: Vec<u32> = (0..table.rows() as u32).collect();
+        for chunk in rows.chunks(batch_size.max(1)) {
+            let batch = table.batch(
+                self.model.config(),
+                chunk,
+                &mut buffers,
+                self.model.device(),
+            )?;
+            let embedded = self
+                .model
+                .encode(side, &batch, Mode::Eval)
+                .map_err(TrainError::model)?;
+            out.extend(
+                embedded
+                    .flatten_all()
+                    .and_then(|t| t.to_dtype(candle_core::DType::F32))
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(TrainError::tensor("reading embeddings"))?,
+            );
+        }
+        Ok((out, dim))
+    }
+}
+
+/// Files of a run folder.
+pub mod layout {
+    /// The run config as used (TOML).
+    pub const CONFIG: &str = "config.toml";
+    /// Seed, code version, dataset (absolute path, checksum), start time.
+    pub const RUN: &str = "run.json";
+    /// A copy of the dataset's manifest.json.
+    pub const DATASET_MANIFEST: &str = "dataset-manifest.json";
+    /// One JSON line per epoch.
+    pub const EPOCHS: &str = "metrics.jsonl";
+    /// The final record.
+    pub const METRICS: &str = "metrics.json";
+    /// Training curves.
+    pub const PLOT: &str = "training.svg";
+    /// Checkpoints folder; holds `best/` and `last/`.
+    pub const CHECKPOINTS: &str = "checkpoints";
+    /// Training state inside a checkpoint.
+    pub const STATE: &str = "state.json";
+}
+
+/// `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunInfo {
+    seed: u64,
+    code_version: String,
+    dataset: DatasetInfo,
+    protocol: String,
+}
+
+/// `state.json` inside a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    /// Epochs completed when the checkpoint was written.
+    epoch: usize,
+    /// Optimizer steps so far.
+    global_step: u64,
+    tracker: BestTracker,
+    records: Vec<EpochRecord>,
+    best_val: Option<PointwiseMetrics>,
+    train_seconds: f64,
+    train_rows: u64,
+    stopped_early: bool,
+    /// Validation ranking of the best checkpoint (`leave-last-out`).
+    #[serde(default)]
+    best_val_ranking: Option<RankingReport>,
+}
+
+// Independent RNG streams; every draw depends only on (seed, epoch, stream, step).
+const STREAM_NEGATIVE_USERS: u64 = 1;
+const STREAM_NEGATIVE_ITEMS: u64 = 2;
+const STREAM_SHUFFLE: u64 = 3;
+const STREAM_DROPOUT: u64 = 4;
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The seed of stream `stream` at (`epoch`, `step`).
+fn derive_seed(seed: u64, epoch: usize, stream: u64, step: u64) -> u64 {
+    splitmix(
+        splitmix(splitmix(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F)) ^ epoch as u64) ^ step,
+    )
+}
+
+fn fnv1a(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Crate version plus `git rev-parse HEAD` when it works.
+fn code_version() -> String {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    format!("dssm-trainer {} ({commit})", env!("CARGO_PKG_VERSION"))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, bytes).map_err(TrainError::io("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(TrainError::io("rename", path))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(TrainError::io("read", path))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Run {
+        path: path.to_path_buf(),
+        message: format!("bad JSON: {e}"),
+    })
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text.into_bytes()
+}
+
+fn open_dataset(path: &Path, protocol: Protocol) -> Result<Dataset, TrainError> {
+    let dataset = Dataset::open(path).map_err(|e| TrainError::Dataset {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if dataset.manifest.protocol.name() != protocol.to_string() {
+        return Err(TrainError::Dataset {
+            path: path.to_path_buf(),
+            message: format!(
+                "prepared for protocol {}, but data.protocol is {protocol}",
+                dataset.manifest.protocol
+            ),
+        });
+    }
+    Ok(dataset)
+}
+
+fn dataset_info(dataset: &Dataset, path: &Path) -> Result<DatasetInfo, TrainError> {
+    let manifest_path = path.join("manifest.json");
+    let bytes = std::fs::read(&manifest_path).map_err(TrainError::io("read", &manifest_path))?;
+    Ok(DatasetInfo {
+        path: path.to_path_buf(),
+        name: dataset.manifest.dataset.clone(),
+        protocol: dataset.manifest.protocol.name().to_string(),
+        split_seed: Some(dataset.manifest.seed),
+        manifest_checksum: fnv1a(&bytes),
+    })
+}
+
+/// A sampler of either strategy (the sampler trait has generic methods, so no `dyn`).
+enum AnySampler {
+    Uniform(UniformSampler),
+    Popularity(PopularitySampler),
+}
+
+impl NegativeSampler for AnySampler {
+    fn num_items(&self) -> usize {
+        match self {
+            AnySampler::Uniform(s) => s.num_items(),
+            AnySampler::Popularity(s) => s.num_items(),
+        }
+    }
+    fn sample<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> u32 {
+        match self {
+            AnySampler::Uniform(s) => s.sample(rng),
+            AnySampler::Popularity(s) => s.sample(rng),
+        }
+    }
+    fn probability(&self, item: u32) -> f64 {
+        match self {
+            AnySampler::Uniform(s) => s.probability(item),
+            AnySampler::Popularity(s) => s.probability(item),
+        }
+    }
+    fn max_retries(&self) -> u32 {
+        match self {
+            AnySampler::Uniform(s) => s.max_retries(),
+            AnySampler::Popularity(s) => s.max_retries(),
+        }
+    }
+    fn sample_from_complement<R: rand::Rng + ?Sized>(
+        &self,
+        user: u32,
+        positives: Positives<'_>,
+        rng: &mut R,
+    ) -> Result<u32, SamplerError> {
+        match self {
+            AnySampler::Uniform(s) => s.sample_from_complement(user, positives, rng),
+            AnySampler::Popularity(s) => s.sample_from_complement(user, positives, rng),
+        }
+    }
+}
+
+fn sampler_error(e: SamplerError) -> TrainError {
+    TrainError::Sampler {
+        message: e.to_string(),
+    }
+}
+
+/// Split rows held in memory.
+struct SplitRows {
+    users: Vec<u32>,
+    items: Vec<u32>,
+    labels: Vec<u8>,
+}
+
+fn split_rows(
+    dataset: &Dataset,
+    split: Split,
+    users: usize,
+    items: usize,
+) -> Result<SplitRows, TrainError> {
+    let rows = dataset
+        .interactions(split)
+        .map_err(|e| TrainError::Dataset {
+            path: dataset.dir.clone(),
+            message: e.to_string(),
+        })?;
+    let bad_user = rows.user_row.iter().any(|&u| u as usize >= users);
+    let bad_item = rows.item_row.iter().any(|&i| i as usize >= items);
+    if bad_user || bad_item {
+        return Err(TrainError::Dataset {
+            path: dataset.dir.clone(),
+            message: format!(
+                "{} rows index outside the users or items table",
+                split.name()
+            ),
+        });
+    }
+    Ok(SplitRows {
+        users: rows.user_row,
+        items: rows.item_row,
+        labels: rows.label,
+    })
+}
+
+/// Everything a training or evaluation run needs in memory.
+struct Prepared {
+    dataset: Dataset,
+    model_config: ModelConfig,
+    users: SideTable,
+    items: SideTable,
+    device: Device,
+}
+
+fn prepare(
+    config: &RunConfig,
+    model_config: Option<ModelConfig>,
+    dataset: Dataset,
+) -> Result<Prepared, TrainError> {
+    let model_config = match model_config {
+        Some(c) => c,
+        None => crate::tables::model_config(config, &dataset)?,
+    };
+    let users = SideTable::new(&dataset, &model_config, Side::User)?;
+    let items = SideTable::new(&dataset, &model_config, Side::Item)?;
+    let device = dssm_model::parse_device(&config.train.device).map_err(TrainError::model)?;
+    Ok(Prepared {
+        dataset,
+        model_config,
+        users,
+        items,
+        device,
+    })
+}
+
+/// Logits of the model on every row of `rows`, in evaluation mode.
+fn predict(
+    model: &Dssm,
+    prepared: &Prepared,
+    rows: &SplitRows,
+    batch_size: usize,
+) -> Result<Vec<f32>, TrainError> {
+    let mut logits = Vec::with_capacity(rows.users.len());
+    let (mut user_buffers, mut item_buffers) = (GatherBuffers::default(), GatherBuffers::default());
+    for start in (0..rows.users.len()).step_by(batch_size.max(1)) {
+        let end = (start + batch_size).min(rows.users.len());
+        let users = prepared.users.batch(
+            &prepared.model_config,
+            &rows.users[start..end],
+            &mut user_buffers,
+            &prepared.device,
+        )?;
+        let items = prepared.items.batch(
+            &prepared.model_config,
+            &rows.items[start..end],
+            &mut item_buffers,
+            &prepared.device,
+        )?;
+        let out = model
+            .forward(&users, &items, Mode::Eval)
+            .map_err(TrainError::model)?;
+        logits.extend(
+            out.to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(TrainError::tensor("reading evaluation logits"))?,
+        );
+    }
+    Ok(logits)
+}
+
+fn evaluate(
+    model: &Dssm,
+    prepared: &Prepared,
+    rows: &SplitRows,
+    batch_size: usize,
+) -> Result<PointwiseMetrics, TrainError> {
+    let logits = predict(model, prepared, rows, batch_size)?;
+    Ok(PointwiseMetrics::from_logits(
+        &logits,
+        &rows.labels,
+        &rows.users,
+    ))
+}
+
+/// The training rows of one epoch.
+struct EpochRows {
+    /// Pointwise: every row; pairwise/softmax: the positives.
+    users: Vec<u32>,
+    items: Vec<u32>,
+    labels: Vec<f32>,
+    /// Pairwise/sampled softmax: `k` negatives per row.
+    negatives: Vec<u32>,
+    k: usize,
+}
+
+/// Checkpoint folder helpers (write to a temporary sibling, then rename).
+fn checkpoint_dir(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(layout::CHECKPOINTS).join(name)
+}
+
+fn save_checkpoint(
+    run_dir: &Path,
+    name: &str,
+    model: &Dssm,
+    optimizer: Option<&Optimizer>,
+    state: &TrainState,
+) -> Result<PathBuf, TrainError> {
+    let parent = run_dir.join(layout::CHECKPOINTS);
+    std::fs::create_dir_all(&parent).map_err(TrainError::io("create folder", &parent))?;
+    let tmp = parent.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(TrainError::io("remove", &tmp))?;
+    }
+    model.save(&tmp).map_err(TrainError::model)?;
+    if let Some(optimizer) = optimizer {
+        optimizer.save(&tmp).map_err(|e| TrainError::Run {
+            path: tmp.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    write_file(&tmp.join(layout::STATE), &to_json(state))?;
+    let target = parent.join(name);
+    let old = parent.join(format!(".old-{name}"));
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(TrainError::io("remove", &old))?;
+    }
+    if target.exists() {
+        std::fs::rename(&target, &old).map_err(TrainError::io("rename", &target))?;
+    }
+    std::fs::rename(&tmp, &target).map_err(TrainError::io("rename", &tmp))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(TrainError::io("remove", &old))?;
+    }
+    Ok(target)
+}
+
+/// The checkpoint folder `name`, or its `.old-` copy left by an interrupted rename.
+fn find_checkpoint(run_dir: &Path, name: &str) -> Option<PathBuf> {
+    let dir = checkpoint_dir(run_dir, name);
+    if dir.join(layout::STATE).exists() {
+        return Some(dir);
+    }
+    let old = run_dir
+        .join(layout::CHECKPOINTS)
+        .join(format!(".old-{name}"));
+    old.join(layout::STATE).exists().then_some(old)
+}
+
+fn checkpoint_id(dir: &Path, epoch: usize) -> String {
+    let weights = std::fs::read(dir.join(dssm_model::WEIGHTS_FILE)).unwrap_or_default();
+    format!("best@epoch{epoch}:{}", fnv1a(&weights))
+}
+
+/// Trains a model as configured, writes the run folder and evaluates the best-validation
+/// checkpoint on the test split once, at the end. See the crate docs for the run folder.
+pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, TrainError> {
+    config.check()?;
+    let started = Instant::now();
+    if config.train.threads > 0
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.train.threads)
+            .build_global()
+    {
+        tracing::warn!("train.threads = {} not applied: {e}", config.train.threads);
+    }
+    let run_dir = absolute(options.run_dir.as_deref().unwrap_or(&config.output.dir));
+    let data_path = absolute(&config.data.path);
+    let prepared = prepare(
+        config,
+        None,
+        open_dataset(&data_path, config.data.protocol)?,
+    )?;
+    let info = RunInfo {
+        seed: config.train.seed,
+        code_version: code_version(),
+        dataset: dataset_info(&prepared.dataset, &data_path)?,
+        protocol: config.data.protocol.to_string(),
+    };
+
+    // The run folder: resume, or start fresh.
+    let resume_from = if options.resume {
+        find_checkpoint(&run_dir, "last")
+    } else {
+        None
+    };
+    if let Some(dir) = &resume_from {
+        let saved = RunConfig::from_file(run_dir.join(layout::CONFIG))?;
+        let mut a = saved.clone();
+        let mut b = config.clone();
+        a.train.epochs = 0;
+        b.train.epochs = 0;
+        a.output = b.output.clone();
+        if a != b {
+            return Err(TrainError::Run {
+                path: run_dir.clone(),
+                message: "cannot resume: the config differs from the run's config.toml in more \
+                          than train.epochs"
+                    .to_string(),
+            });
+        }
+        tracing::info!("resuming from {}", dir.display());
+    } else {
+        let occupied =
+            run_dir.join(layout::EPOCHS).exists() || run_dir.join(layout::CHECKPOINTS).exists();
+        if occupied && !options.overwrite && !options.resume {
+            return Err(TrainError::Run {
+                path: run_dir.clone(),
+                message:
+                    "already holds a run; resume it, overwrite it or choose another output.dir"
+                        .to_string(),
+            });
+        }
+        if occupied {
+            let checkpoints = run_dir.join(layout::CHECKPOINTS);
+            if checkpoints.exists() {
+                std::fs::remove_dir_all(&checkpoints)
+                    .map_err(TrainError::io("remove", &checkpoints))?;
+            }
+        }
+        std::fs::create_dir_all(&run_dir).map_err(TrainError::io("create folder", &run_dir))?;
+    }
+    write_file(
+        &run_dir.join(layout::CONFIG),
+        config.to_toml_string().as_bytes(),
+    )?;
+    write_file(&run_dir.join(layout::RUN), &to_json(&info))?;
+    let manifest = std::fs::read(data_path.join("manifest.json"))
+        .map_err(TrainError::io("read", data_path.join("manifest.json")))?;
+    write_file(&run_dir.join(layout::DATASET_MANIFEST), &manifest)?;
+
+    let (model, mut state) = match &resume_from {
+        Some(dir) => {
+            let model = Dssm::load(dir, &prepared.device).map_err(TrainError::model)?;
+            if model.config() != &prepared.model_config {
+                return Err(TrainError::Run {
+                    path: dir.clone(),
+                    message: "the checkpoint's model config differs from this config's".to_string(),
+                });
+            }
+            let state: TrainState = read_json(&dir.join(layout::STATE))?;
+            (model, state)
+        }
+        None => {
+            let model = Dssm::new(
+                prepared.model_config.clone(),
+                config.train.seed,
+                &prepared.device,
+            )
+            .map_err(TrainError::model)?;
+            let state = TrainState {
+                epoch: 0,
+                global_step: 0,
+                tracker: BestTracker::new(
+                    config.train.select_metric.higher_is_better(),
+                    config.train.patience,
+                ),
+                records: Vec::new(),
+                best_val: None,
+                train_seconds: 0.0,
+                train_rows: 0,
+                stopped_early: false,
+                best_val_ranking: None,
+            };
+            (model, state)
+        }
+    };
+    let mut optimizer = Optimizer::new(&config.optimizer, model.named_vars().to_vec());
+    if let Some(dir) = &resume_from {
+        optimizer.load(dir).map_err(|e| TrainError::Run {
+            path: dir.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    // metrics.jsonl holds exactly the completed epochs.
+    let mut lines = Vec::new();
+    for record in &state.records {
+        lines.extend(serde_json::to_vec(record).unwrap_or_default());
+        lines.push(b'\n');
+    }
+    write_file(&run_dir.join(layout::EPOCHS), &lines)?;
+
+    let n_users = prepared.users.rows();
+    let n_items = prepared.items.rows();
+    let train_rows = split_rows(&prepared.dataset, Split::Train, n_users, n_items)?;
+    let val_rows = split_rows(&prepared.dataset, Split::Val, n_users, n_items)?;
+    let trainer = EpochBuilder::new(config, &prepared, &train_rows)?;
+    let leave_last_out = config.data.protocol == Protocol::LeaveLastOut;
+    // leave-last-out: candidates, train items per user and the popularity baseline.
+    let retrieval = if leave_last_out {
+        let setup = RetrievalSetup::new(n_users, n_items, &train_rows.users, &train_rows.items);
+        let val_held_out = setup.held_out(&val_rows.users, &val_rows.items);
+        let popularity_val = setup
+            .popularity(
+                &val_held_out,
+                &[ProtocolVariant::Unmasked],
+                &PROTOCOL_CUTOFFS,
+            )?
+            .remove(0);
+        tracing::info!(
+            "leave-last-out: {} candidates, {} validation users; val popularity {}",
+            setup.candidates(),
+            val_rows.users.len(),
+            describe(&popularity_val)
+        );
+        Some((setup, val_held_out, popularity_val))
+    } else {
+        None
+    };
+
+    let mut stopped_in_this_call = false;
+    let mut epochs_this_call = 0;
+    while state.epoch < config.train.epochs && !state.stopped_early {
+        if options
+            .stop_after_epochs
+            .is_some_and(|n| epochs_this_call >= n)
+        {
+            stopped_in_this_call = true;
+            break;
+        }
+        let epoch = state.epoch; // 0-based index of the epoch being trained
+        let epoch_started = Instant::now();
+        let rows = trainer.rows(epoch)?;
+        let (loss, steps, lr) = run_epoch(
+            config,
+            &prepared,
+            &model,
+            &mut optimizer,
+            &rows,
+            epoch,
+            &mut state,
+            options,
+            &run_dir,
+        )?;
+        let train_seconds = epoch_started.elapsed().as_secs_f64();
+        let n_rows = rows.users.len();
+        state.train_seconds += train_seconds;
+        state.train_rows += n_rows as u64 * (1 + rows.k as u64);
+        let validate =
+            (epoch + 1) % config.train.eval_every == 0 || epoch + 1 == config.train.epochs;
+        let (val, ranking) = match (&retrieval, validate) {
+            (_, false) => (None, None),
+            (None, true) => (
+                Some(evaluate(
+                    &model,
+                    &prepared,
+                    &val_rows,
+                    config.train.eval_batch_size,
+                )?),
+                None,
+            ),
+            (Some((setup, held_out, _)), true) => {
+                let report = setup
+                    .evaluate(
+                        &model,
+                        &prepared.model_config,
+                        &prepared.users,
+                        &prepared.items,
+                        held_out,
+                        &[ProtocolVariant::Unmasked],
+                        &PROTOCOL_CUTOFFS,
+                        config.train.eval_batch_size,
+                    )?
+                    .remove(0);
+                (None, Some(report))
+            }
+        };
+        let at_select = ranking.as_ref().and_then(|r| r.at(SELECT_CUTOFF));
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: loss,
+            train_rows: n_rows * (1 + rows.k),
+            steps,
+            lr,
+            samples_per_sec: (n_rows * (1 + rows.k)) as f64 / train_seconds.max(1e-9),
+            wall_s: started.elapsed().as_secs_f64(),
+            val,
+            val_hit_rate: at_select.map(|m| m.hit_rate),
+            val_ndcg: at_select.map(|m| m.ndcg),
+        };
+        tracing::info!(
+            "epoch {}/{}: loss {:.5}, {:.0} samples/s, lr {:.2e}{}",
+            epoch + 1,
+            config.train.epochs,
+            loss,
+            record.samples_per_sec,
+            lr,
+            match (val, at_select) {
+                (Some(v), _) => format!(
+                    ", val auc {:.4} logloss {:.4} gauc {:.4}",
+                    v.auc, v.logloss, v.gauc
+                ),
+                (None, Some(m)) => format!(
+                    ", val HR@{SELECT_CUTOFF} {:.4} NDCG@{SELECT_CUTOFF} {:.4} (unmasked)",
+                    m.hit_rate, m.ndcg
+                ),
+                (None, None) => String::new(),
+            }
+        );
+        state.epoch = epoch + 1;
+        state.records.push(record.clone());
+        if val.is_some() || ranking.is_some() {
+            let value = match (config.train.select_metric, val, at_select) {
+                (crate::config::SelectMetric::Auc, Some(v), _) => v.auc,
+                (crate::config::SelectMetric::Logloss, Some(v), _) => v.logloss,
+                (crate::config::SelectMetric::Gauc, Some(v), _) => v.gauc,
+                (crate::config::SelectMetric::HitRate, _, Some(m)) => m.hit_rate,
+                _ => f64::NAN,
+            };
+            let decision = state.tracker.observe(epoch + 1, value);
+            if decision.save_best {
+                state.best_val = val;
+                state.best_val_ranking = ranking.clone();
+                save_checkpoint(&run_dir, "best", &model, None, &state)?;
+            }
+            if decision.stop {
+                tracing::info!(
+                    "early stop after epoch {}: no improvement of val {} in {} validations",
+                    epoch + 1,
+                    config.train.select_metric.name(),
+                    config.train.patience
+                );
+                state.stopped_early = true;
+            }
+        }
+        save_checkpoint(&run_dir, "last", &model, Some(&optimizer), &state)?;
+        let mut line = serde_json::to_vec(&record).unwrap_or_default();
+        line.push(b'\n');
+        let jsonl = run_dir.join(layout::EPOCHS);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&jsonl)
+            .and_then(|mut f| f.write_all(&line))
+            .map_err(TrainError::io("append to", &jsonl))?;
+        match crate::plot::training_svg(&state.records) {
+            Ok(svg) => write_file(&run_dir.join(layout::PLOT), svg.as_bytes())?,
+            Err(e) => tracing::warn!("training.svg not drawn: {e}"),
+        }
+        epochs_this_call += 1;
+    }
+
+    let (best_epoch, _) = state.tracker.best().unwrap_or((0, f64::NAN));
+    let best_dir = find_checkpoint(&run_dir, "best");
+    let mut final_metrics = FinalMetrics {
+        protocol: config.data.protocol.to_string(),
+        dataset: info.dataset.clone(),
+        seed: config.train.seed,
+        config: config.clone(),
+        code_version: info.code_version.clone(),
+        select_metric: config.train.select_metric.name().to_string(),
+        best_epoch,
+        epochs_completed: state.epoch,
+        stopped_early: state.stopped_early,
+        val: state.best_val,
+        test: None,
+        val_hit_rate: state
+            .best_val_ranking
+            .as_ref()
+            .and_then(|r| r.at(SELECT_CUTOFF))
+            .map(|m| m.hit_rate),
+        checkpoint: String::new(),
+        wall_s: started.elapsed().as_secs_f64(),
+        train_samples_per_sec: state.train_rows as f64 / state.train_seconds.max(1e-9),
+        retrieval: retrieval
+            .as_ref()
+            .map(|(setup, _, popularity_val)| RetrievalMetrics {
+                candidates: setup.candidates(),
+                val: state.best_val_ranking.clone(),
+                popularity_val: popularity_val.clone(),
+                test: Vec::new(),
+                popularity_test: Vec::new(),
+            }),
+    };
+    if stopped_in_this_call {
+        return Ok(TrainReport {
+            run_dir,
+            metrics: final_metrics,
+            epochs: state.records,
+        });
+    }
+    let best_dir = best_dir.ok_or_else(|| TrainError::Run {
+        path: run_dir.clone(),
+        message: "no best checkpoint: validation never produced a finite metric".to_string(),
+    })?;
+    // The test split is read here, once, with the best-validation checkpoint.
+    let best = Dssm::load(&best_dir, &prepared.device).map_err(TrainError::model)?;
+    let test_rows = split_rows(&prepared.dataset, Split::Test, n_users, n_items)?;
+    match (&retrieval, final_metrics.retrieval.as_mut()) {
+        (Some((setup, _, _)), Some(section)) => {
+            let held_out = setup.held_out(&test_rows.users, &test_rows.items);
+            section.test = setup.evaluate(
+                &best,
+                &prepared.model_config,
+                &prepared.users,
+                &prepared.items,
+                &held_out,
+                &ProtocolVariant::ALL,
+                &PROTOCOL_CUTOFFS,
+                config.train.eval_batch_size,
+            )?;
+            section.popularity_test =
+                setup.popularity(&held_out, &ProtocolVariant::ALL, &PROTOCOL_CUTOFFS)?;
+            tracing::info!(
+                "test (best epoch {best_epoch}, {} candidates, full ranking):",
+                setup.candidates()
+            );
+            for report in &section.test {
+                tracing::info!("  model      {}", describe(report));
+            }
+            for report in &section.popularity_test {
+                tracing::info!("  popularity {}", describe(report));
+            }
+        }
+        _ => {
+            let test = evaluate(&best, &prepared, &test_rows, config.train.eval_batch_size)?;
+            tracing::info!(
+                "test (best epoch {best_epoch}): auc {:.4} logloss {:.4} gauc {:.4} ({} users)",
+                test.auc,
+                test.logloss,
+                test.gauc,
+                test.gauc_users
+            );
+            final_metrics.test = Some(test);
+        }
+    }
+    final_metrics.checkpoint = checkpoint_id(&best_dir, best_epoch);
+    final_metrics.wall_s = started.elapsed().as_secs_f64();
+    write_file(&run_dir.join(layout::METRICS), &to_json(&final_metrics))?;
+    Ok(TrainReport {
+        run_dir,
+        metrics: final_metrics,
+        epochs: state.records,
+    })
+}
+
+/// Builds each epoch's rows from (seed, epoch).
+struct EpochBuilder<'a> {
+    config: &'a RunConfig,
+    train: &'a SplitRows,
+    sampler: Option<AnySampler>,
+    exclude: Option<UserItems>,
+    /// Positive train rows (label 1) for the pairwise and softmax losses.
+    positives: Vec<usize>,
+    /// Training label of every train row: rating > threshold (`seed`), or 1 for every
+    /// interaction (`leave-last-out`).
+    labels: Vec<f32>,
+    n_users: u32,
+}
+
+impl<'a> EpochBuilder<'a> {
+    fn new(
+        config: &'a RunConfig,
+        prepared: &Prepared,
+        train: &'a SplitRows,
+    ) -> Result<Self, TrainError> {
+        let n_items = prepared.items.rows();
+        let counts = &prepared.dataset.items.train_count;
+        let sampler = match config.sampler.strategy {
+            SamplerStrategy::None => None,
+            SamplerStrategy::Uniform => Some(AnySampler::Uniform(
+                UniformSampler::new(n_items).map_err(sampler_error)?,
+            )),
+            SamplerStrategy::Popularity => {
+                if counts.len() != n_items {
+                    return Err(TrainError::Dataset {
+                        path: prepared.dataset.dir.clone(),
+                        message: format!("{} train counts for {n_items} items", counts.len()),
+                    });
+                }
+                Some(AnySampler::Popularity(
+                    PopularitySampler::builder()
+                        .alpha(config.sampler.alpha)
+                        .build(counts)
+                        .map_err(sampler_error)?,
+                ))
+            }
+        };
+        let exclude = if config.sampler.exclude_positives && sampler.is_some() {
+            let pairs: Vec<(u32, u32)> = train
+                .users
+                .iter()
+                .copied()
+                .zip(train.items.iter().copied())
+                .collect();
+            Some(
+                UserItems::from_pairs(prepared.users.rows(), n_items, &pairs)
+                    .map_err(sampler_error)?,
+            )
+        } else {
+            None
+        };
+        // Under leave-last-out every interaction is a positive, whatever its rating.
+        let labels: Vec<f32> = if config.data.protocol == Protocol::LeaveLastOut {
+            vec![1.0; train.labels.len()]
+        } else {
+            train.labels.iter().map(|&l| f32::from(l.min(1))).collect()
+        };
+        let positives = labels
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| **l != 0.0)
+            .map(|(i, _)| i)
+            .collect();
+        Ok(Self {
+            config,
+            train,
+            sampler,
+            exclude,
+            positives,
+            labels,
+            n_users: prepared.users.rows() as u32,
+        })
+    }
+
+    fn rows(&self, epoch: usize) -> Result<EpochRows, TrainError> {
+        use rand::RngExt;
+        let seed = self.config.train.seed;
+        let k = self.config.sampler.negatives_per_positive;
+        let pointwise = self.config.loss.kind == LossKind::Bce;
+        let mut rows = if pointwise {
+            let mut users = self.train.users.clone();
+            let mut items = self.train.items.clone();
+            let mut labels = self.labels.clone();
+            if let Some(sampler) = &self.sampler
+                && k > 0
+            {
+                // Negatives: popularity (or uniform) items, each with a uniformly random user.
+                let n = self.positives.len() * k;
+                let mut rng =
+                    StdRng::seed_from_u64(derive_seed(seed, epoch, STREAM_NEGATIVE_USERS, 0));
+                let negative_users: Vec<u32> =
+                    (0..n).map(|_| rng.random_range(0..self.n_users)).collect();
+                let mut negative_items = vec![0u32; n];
+                fill_negatives(
+                    sampler,
+                    &negative_users,
+                    1,
+                    self.exclude.as_ref(),
+                    derive_seed(seed, epoch, STREAM_NEGATIVE_ITEMS, 0),
+                    epoch as u64,
+                    &mut negative_items,
+                )
+                .map_err(sampler_error)?;
+                users.extend_from_slice(&negative_users);
+                items.extend_from_slice(&negative_items);
+                labels.resize(users.len(), 0.0);
+            }
+            EpochRows {
+                users,
+                items,
+                labels,
+                negatives: Vec::new(),
+                k: 0,
+            }
+        } else {
+            let users: Vec<u32> = self
+                .positives
+                .iter()
+                .map(|&i| self.train.users[i])
+                .collect();
+            let items: Vec<u32> = self
+                .positives
+                .iter()
+                .map(|&i| self.train.items[i])
+                .collect();
+            let (negatives, k) = match (&self.sampler, self.config.loss.kind) {
+                (Some(sampler), LossKind::Bpr | LossKind::SampledSoftmax) => {
+                    let mut negatives = vec![0u32; users.len() * k];
+                    fill_negatives(
+                        sampler,
+                        &users,
+                        k,
+                        self.exclude.as_ref(),
+                        derive_seed(seed, epoch, STREAM_NEGATIVE_ITEMS, 0),
+                        epoch as u64,
+                        &mut negatives,
+                    )
+                    .map_err(sampler_error)?;
+                    (negatives, k)
+                }
+                _ => (Vec::new(), 0),
+            };
+            let labels = vec![1.0; users.len()];
+            EpochRows {
+                users,
+                items,
+                labels,
+                negatives,
+                k,
+            }
+        };
+        // Shuffle rows (and their negatives) together.
+        let mut order: Vec<u32> = (0..rows.users.len() as u32).collect();
+        let mut rng = StdRng::seed_from_u64(derive_seed(seed, epoch, STREAM_SHUFFLE, 0));
+        order.shuffle(&mut rng);
+        let permute_u32 = |v: &[u32]| order.iter().map(|&i| v[i as usize]).collect::<Vec<u32>>();
+        rows.users = permute_u32(&rows.users);
+        rows.items = permute_u32(&rows.items);
+        rows.labels = order.iter().map(|&i| rows.labels[i as usize]).collect();
+        if rows.k > 0 {
+            let mut negatives = Vec::with_capacity(rows.negatives.len());
+            for &i in &order {
+                let start = i as usize * rows.k;
+                negatives.extend_from_slice(&rows.negatives[start..start + rows.k]);
+            }
+            rows.negatives = negatives;
+        }
+        Ok(rows)
+    }
+}
+
+/// ln q(item) for the log-Q correction: the sampler's probability for sampled softmax; for
+/// in-batch softmax, the item's share of the positive train rows (the batch's own sampling).
+fn log_q(
+    probabilities: &[f64],
+    items: &[u32],
+    shape: &[usize],
+    device: &Device,
+) -> Result<Tensor, TrainError> {
+    let values: Vec<f32> = items
+        .iter()
+        .map(|&i| probabilities[i as usize].max(1e-12).ln() as f32)
+        .collect();
+    Tensor::from_vec(values, shape, device).map_err(TrainError::tensor("building log-Q"))
+}
+
+/// Trains one epoch; returns (mean loss, steps, last learning rate).
+#[allow(clippy::too_many_arguments)]
+fn run_epoch(
+    config: &RunConfig,
+    prepared: &Prepared,
+    model: &Dssm,
+    optimizer: &mut Optimizer,
+    rows: &EpochRows,
+    epoch: usize,
+    state: &mut TrainState,
+    options: &TrainOptions,
+    run_dir: &Path,
+) -> Result<(f64, usize, f64), TrainError> {
+    let batch_size = config.train.batch_size;
+    let n = rows.users.len();
+    let steps = n.div_ceil(batch_size);
+    let mc = &prepared.model_config;
+    let device = &prepared.device;
+    let bar = if options.progress && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr());
+        if let Ok(style) =
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(format!("{}/{}", epoch + 1, config.train.epochs));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    // q(item) for log-Q: in-batch uses positive-row frequencies, sampled softmax the sampler.
+    let probabilities: Option<Vec<f64>> = if config.loss.logq_correction {
+        let n_items = prepared.items.rows();
+        Some(match config.loss.kind {
+            LossKind::InBatchSoftmax => {
+                let mut counts = vec![0f64; n_items];
+                for &i in &rows.items {
+                    counts[i as usize] += 1.0;
+                }
+                let total: f64 = counts.iter().sum::<f64>().max(1.0);
+                counts.iter().map(|c| c / total).collect()
+            }
+            _ => {
+                let counts = &prepared.dataset.items.train_count;
+                let sampler: AnySampler = match config.sampler.strategy {
+                    SamplerStrategy::Uniform | SamplerStrategy::None => {
+                        AnySampler::Uniform(UniformSampler::new(n_items).map_err(sampler_error)?)
+                    }
+                    SamplerStrategy::Popularity => AnySampler::Popularity(
+                        PopularitySampler::builder()
+                            .alpha(config.sampler.alpha)
+                            .build(counts)
+                            .map_err(sampler_error)?,
+                    ),
+                };
+                (0..n_items as u32)
+                    .map(|i| sampler.probability(i))
+                    .collect()
+            }
+        })
+    } else {
+        None
+    };
+    let (mut user_buffers, mut item_buffers) = (GatherBuffers::default(), GatherBuffers::default());
+    let mut item_rows: Vec<u32> = Vec::new();
+    let mut total_loss = 0.0f64;
+    let mut lr = config.optimizer.lr;
+    for step in 0..steps {
+        let start = step * batch_size;
+        let end = (start + batch_size).min(n);
+        let b = end - start;
+        lr = learning_rate(
+            &config.schedule,
+            config.optimizer.lr,
+            epoch,
+            state.global_step,
+        );
+        let dropout_seed = derive_seed(config.train.seed, epoch, STREAM_DROPOUT, step as u64);
+        let mode = Mode::Train { seed: dropout_seed };
+        let users = prepared
+            .users
+            .batch(mc, &rows.users[start..end], &mut user_buffers, device)?;
+        let loss = match config.loss.kind {
+            LossKind::Bce => {
+                let items =
+                    prepared
+                        .items
+                        .batch(mc, &rows.items[start..end], &mut item_buffers, device)?;
+                let logits = model
+                    .forward(&users, &items, mode)
+                    .map_err(TrainError::model)?;
+                let targets = Tensor::from_slice(&rows.labels[start..end], b, device)
+                    .map_err(TrainError::tensor("building targets"))?;
+                crate::loss::bce_with_logits(&logits, &targets)
+                    .map_err(TrainError::tensor("computing the loss"))?
+            }
+            LossKind::InBatchSoftmax => {
+                let items =
+                    prepared
+                        .items
+                        .batch(mc, &rows.items[start..end], &mut item_buffers, device)?;
+                let u = model
+                    .encode_users(&users, mode)
+                    .map_err(TrainError::model)?;
+                let v = model
+                    .encode_items(
+                        &items,
+                        Mode::Train {
+                            seed: dropout_seed ^ 1,
+                        },
+                    )
+                    .map_err(TrainError::model)?;
+                let scores = model.score_matrix(&u, &v).map_err(TrainError::model)?;
+                let q = match &probabilities {
+                    Some(p) => Some(log_q(p, &rows.items[start..end], &[b], device)?),
+                    None => None,
+                };
+                crate::loss::in_batch_softmax(
+                    &scores,
+                    config.loss.temperature,
+                    q.as_ref(),
+                    Some(&rows.items[start..end]),
+                )
+                .map_err(TrainError::tensor("computing the loss"))?
+            }
+            LossKind::Bpr | LossKind::SampledSoftmax => {
+                let k = rows.k;
+                item_rows.clear();
+                item_rows.extend_from_slice(&rows.items[start..end]);
+                item_rows.extend_from_slice(&rows.negatives[start * k..end * k]);
+                let items = prepared
+                    .items
+                    .batch(mc, &item_rows, &mut item_buffers, device)?;
+                let u = model
+                    .encode_users(&users, mode)
+                    .map_err(TrainError::model)?;
+                let v = model
+                    .encode_items(
+                        &items,
+                        Mode::Train {
+                            seed: dropout_seed ^ 1,
+                        },
+                    )
+                    .map_err(TrainError::model)?;
+                let result: candle_core::Result<Tensor> = (|| {
+                    let v_pos = v.narrow(0, 0, b)?;
+                    let v_neg = v.narrow(0, b, b * k)?;
+                    let d = u.dim(1)?;
+                    let u_rep = u
+                        .unsqueeze(1)?
+                        .broadcast_as((b, k, d))?
+                        .contiguous()?
+                        .reshape((b * k, d))?;
+                    let pos = model
+                        .score_pairs(&u, &v_pos)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                    let neg = model
+                        .score_pairs(&u_rep, &v_neg)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+                        .reshape((b, k))?;
+                    if config.loss.kind == LossKind::Bpr {
+                        crate::loss::bpr(&pos, &neg)
+                    } else {
+                        let q = match &probabilities {
+                            Some(p) => {
+                                let qp = log_q(p, &rows.items[start..end], &[b], device)
+                                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                                let qn =
+                                    log_q(p, &rows.negatives[start * k..end * k], &[b, k], device)
+                                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                                Some((qp, qn))
+                            }
+                            None => None,
+                        };
+                        crate::loss::sampled_softmax(
+                            &pos,
+                            &neg,
+                            config.loss.temperature,
+                            q.as_ref().map(|(a, b)| (a, b)),
+                        )
+                    }
+                })();
+                result.map_err(TrainError::tensor("computing the loss"))?
+            }
+        };
+        let value = loss
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|l| l.to_scalar::<f32>())
+            .map_err(TrainError::tensor("reading the loss"))?;
+        if !value.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                epoch: epoch + 1,
+                step,
+                value,
+                checkpoint: checkpoint_dir(run_dir, "last"),
+            });
+        }
+        let grads = loss
+            .backward()
+            .map_err(TrainError::tensor("backpropagating"))?;
+        optimizer
+            .step(&grads, lr)
+            .map_err(TrainError::tensor("updating weights"))?;
+        state.global_step += 1;
+        total_loss += f64::from(value);
+        bar.inc(b as u64);
+        if step % 20 == 0 {
+            bar.set_message(format!("loss {:.4}", total_loss / (step + 1) as f64));
+        }
+    }
+    bar.finish_and_clear();
+    Ok((total_loss / steps.max(1) as f64, steps, lr))
+}
+
+/// Reads a run folder: its config, dataset and best checkpoint.
+pub fn load_run(run_dir: &Path) -> Result<LoadedRun, TrainError> {
+    let config = RunConfig::from_file(run_dir.join(layout::CONFIG))?;
+    let info: RunInfo = read_json(&run_dir.join(layout::RUN))?;
+    let best = find_checkpoint(run_dir, "best").ok_or_else(|| TrainError::Run {
+        path: run_dir.to_path_buf(),
+        message: "no checkpoints/best".to_string(),
+    })?;
+    let device = dssm_model::parse_device(&config.train.device).map_err(TrainError::model)?;
+    let model = Dssm::load(&best, &device).map_err(TrainError::model)?;
+    let dataset = open_dataset(&info.dataset.path, config.data.protocol)?;
+    Ok(LoadedRun {
+        run_dir: run_dir.to_path_buf(),
+        config,
+        dataset,
+        model,
+    })
+}
+
+/// Re-evaluates the run's best checkpoint on `split` (`Val` or `Test`).
+pub fn evaluate_run(run_dir: &Path, split: Split) -> Result<EvalReport, TrainError> {
+    let started = Instant::now();
+    let loaded = load_run(run_dir)?;
+    if loaded.config.data.protocol == Protocol::LeaveLastOut {
+        return Err(TrainError::Unsupported {
+            message: "evaluate_run computes the pointwise metrics of the seed protocol; a \
+                      leave-last-out run's ranking metrics are in its metrics.json (retrieval) \
+                      and come from `dssm evaluate-retrieval`"
+                .to_string(),
+        });
+    }
+    let best = find_checkpoint(run_dir, "best").unwrap_or_else(|| checkpoint_dir(run_dir, "best"));
+    let state: TrainState = read_json(&best.join(layout::STATE))?;
+    let (best_epoch, _) = state.tracker.best().unwrap_or((state.epoch, f64::NAN));
+    let LoadedRun {
+        config,
+        dataset,
+        model,
+        ..
+    } = loaded;
+    let prepared = prepare(&config, Some(model.config().clone()), dataset)?;
+    let rows = split_rows(
+        &prepared.dataset,
+        split,
+        prepared.users.rows(),
+        prepared.items.rows(),
+    )?;
+    let metrics = evaluate(&model, &prepared, &rows, config.train.eval_batch_size)?;
+    Ok(EvalReport {
+        run_dir: run_dir.to_path_buf(),
+        split: split.name().to_string(),
+        metrics,
+        checkpoint: checkpoint_id(&best, best_epoch),
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dssm_data::{DatasetKind, PrepareRequest, Source, SyntheticConfig};
+
+    fn synthetic_dataset(dir: &Path) -> PathBuf {
+        let synthetic = SyntheticConfig {
+            users: 300,
+            items: 200,
+            ratings: 15_000,
+            ..SyntheticConfig::default()
+        };
+        let out = dir.join("synthetic-seed");
+        let request =
+            PrepareRequest::new(Source::Synthetic(synthetic), DatasetKind::Synthetic, &out);
+        dssm_data::prepare(&request, &|_| {}).unwrap();
+        out
+    }
+
+    fn small_config(data: &Path, out: &Path) -> RunConfig {
+        let text = format!(
+            r#"
+[data]
+path = {data:?}
+[features]
+embedding_dim = 8
+[model.user_tower]
+hidden = [32, 16]
+dropout = 0.1
+[model.item_tower]
+hidden = [32, 16]
+dropout = 0.1
+[model.senet]
+enabled = true
+reduction = 2
+[optimizer]
+lr = 0.003
+[train]
+batch_size = 512
+epochs = 3
+seed = 7
+[output]
+dir = {out:?}
+"#
+        );
+        RunConfig::from_toml_str(&text).unwrap()
+    }
+
+    /// Records without the timing fields, for comparing runs.
+    fn comparable(records: &[EpochRecord]) -> Vec<(usize, f64, usize, Option<PointwiseMetrics>)> {
+        records
+            .iter()
+            .map(|r| (r.epoch, r.train_loss, r.train_rows, r.val))
+            .collect()
+    }
+
+    #[test]
+    fn trains_on_synthetic_data_and_resumes_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = synthetic_dataset(dir.path());
+
+        let straight_dir = dir.path().join("straight");
+        let config = small_config(&data, &straight_dir);
+        let straight = train(&config, &TrainOptions::default()).unwrap();
+        let val = straight.metrics.val.unwrap();
+        let test = straight.metrics.test.unwrap();
+        assert!(val.auc > 0.6, "val auc {}", val.auc);
+        assert!(test.auc > 0.6, "test auc {}", test.auc);
+        assert!(test.gauc_users > 0 && test.logloss.is_finite());
+        assert_eq!(straight.epochs.len(), 3);
+        for file in [
+            layout::CONFIG,
+            layout::RUN,
+            layout::DATASET_MANIFEST,
+            layout::EPOCHS,
+            layout::METRICS,
+            layout::PLOT,
+        ] {
+            assert!(straight_dir.join(file).exists(), "{file} missing");
+        }
+        assert!(
+            checkpoint_dir(&straight_dir, "best")
+                .join(dssm_model::WEIGHTS_FILE)
+                .exists()
+        );
+        assert!(
+            checkpoint_dir(&straight_dir, "last")
+                .join("optimizer.safetensors")
+                .exists()
+        );
+        let jsonl = std::fs::read_to_string(straight_dir.join(layout::EPOCHS)).unwrap();
+        assert_eq!(jsonl.lines().count(), 3);
+
+        // Interrupted after one epoch, then resumed: the same numbers.
+        let resumed_dir = dir.path().join("resumed");
+        let config = small_config(&data, &resumed_dir);
+        let first = train(
+            &config,
+            &TrainOptions {
+                stop_after_epochs: Some(1),
+                ..TrainOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(first.metrics.test.is_none());
+        assert_eq!(first.epochs.len(), 1);
+        let resumed = train(
+            &config,
+            &TrainOptions {
+                resume: true,
+                ..TrainOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(comparable(&resumed.epochs), comparable(&straight.epochs));
+        assert_eq!(resumed.metrics.test, straight.metrics.test);
+        assert_eq!(resumed.metrics.best_epoch, straight.metrics.best_epoch);
+        let jsonl = std::fs::read_to_string(resumed_dir.join(layout::EPOCHS)).unwrap();
+        assert_eq!(jsonl.lines().count(), 3);
+
+        // Re-evaluation of the saved best checkpoint gives the reported test metrics.
+        let again = evaluate_run(&straight_dir, Split::Test).unwrap();
+        assert_eq!(Some(again.metrics), straight.metrics.test);
+        assert_eq!(again.checkpoint, straight.metrics.checkpoint);
+        let loaded = load_run(&straight_dir).unwrap();
+        let (embeddings, dim) = loaded.embeddings(Side::Item, 64).unwrap();
+        assert_eq!(dim, 16);
+        assert_eq!(embeddings.len(), loaded.dataset.items.movie_id.len() * 16);
+
+        // A fresh run into an occupied folder is refused.
+        let err = train(&config, &TrainOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("already holds a run"), "{err}");
+    }
+
+    #[test]
+    fn other_losses_train_and_unknown_feature_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = synthetic_dataset(dir.path());
+        for (i, loss) in ["bpr", "in_batch_softmax", "sampled_softmax"]
+            .iter()
+            .enumerate()
+        {
+            let out = dir.path().join(format!("run{i}"));
+            let mut config = small_config(&data, &out);
+            config.train.epochs = 1;
+            config.loss.kind = match *loss {
+                "bpr" => LossKind::Bpr,
+                "in_batch_softmax" => LossKind::InBatchSoftmax,
+                _ => LossKind::SampledSoftmax,
+            };
+            config.loss.logq_correction = *loss != "bpr";
+            config.loss.temperature = 0.5;
+            config.optimizer.kind = crate::config::OptimizerKind::Adagrad;
+            config.optimizer.lr = 0.05;
+            let report = train(&config, &TrainOptions::default()).unwrap();
+            let test = report.metrics.test.unwrap();
+            assert!(test.auc.is_finite(), "{loss}");
+            assert!(report.epochs[0].train_loss.is_finite(), "{loss}");
+        }
+        let mut config = small_config(&data, &dir.path().join("bad"));
+        config.features.item = Some(vec!["movie_id".into(), "colour".into()]);
+        let err = train(&config, &TrainOptions::default()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("features.item") && message.contains("colour"),
+            "{message}"
+        );
+        assert!(
+            message.contains("genres"),
+            "lists the available features: {message}"
+        );
+    }
+}
