@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use dssm_data::{Dataset, DatasetKind, PrepareRequest, Protocol, Source, Split, prepare};
 
 fn bench_folder() -> Option<PathBuf> {
-    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/ml-1m-bench");
+    let folder =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/ml-1m-bench");
     if folder.join("ratings.dat").exists() {
         Some(folder)
     } else {
@@ -80,4 +81,62 @@ fn ml1m_counts_match_the_published_dataset_under_both_protocols() {
             }
         }
     }
+}
+
+/// Trains `configs/<name>` on a prepared ML-1M folder and returns the final report.
+fn train_recipe(
+    name: &str,
+    dataset: &std::path::Path,
+    runs: &std::path::Path,
+) -> dssm_trainer::TrainReport {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut config = dssm_trainer::RunConfig::from_file(root.join("configs").join(name))
+        .unwrap_or_else(|e| panic!("configs/{name} is invalid: {e}"));
+    config.data.path = dataset.to_path_buf();
+    config.output.dir = runs.join(name.trim_end_matches(".toml"));
+    dssm_trainer::train(&config, &dssm_trainer::TrainOptions::default())
+        .unwrap_or_else(|e| panic!("configs/{name} failed to train: {e}"))
+}
+
+fn training_enabled() -> bool {
+    let enabled = std::env::var("DSSM_ACCEPTANCE_TRAIN").is_ok_and(|v| v == "1");
+    if !enabled {
+        println!(
+            "skipped: real-data training runs only with DSSM_ACCEPTANCE_TRAIN=1 (`cargo xtask acceptance`)"
+        );
+    }
+    enabled
+}
+
+#[test]
+fn senet_recipe_reaches_the_reference_auc_without_leakage() {
+    let Some(source) = bench_folder() else { return };
+    if !training_enabled() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let dataset = scratch.path().join("ml-1m-seed");
+    prepare_ml1m(source, Protocol::Seed, dataset.clone());
+    let mut test_auc = Vec::new();
+    for name in ["senet.toml", "dssm.toml"] {
+        let report = train_recipe(name, &dataset, scratch.path());
+        let m = &report.metrics;
+        let test = m.test.as_ref().expect("a finished run is tested");
+        println!(
+            "{name}: test AUC {:.4}, GAUC {:.4} ({} users), log loss {:.4}, best epoch {}, wall {:.0} s, {:.0} samples/s",
+            test.auc,
+            test.gauc,
+            test.gauc_users,
+            test.logloss,
+            m.best_epoch,
+            m.wall_s,
+            m.train_samples_per_sec
+        );
+        test_auc.push(test.auc);
+    }
+    assert!(
+        test_auc[0] >= 0.73,
+        "configs/senet.toml scored test AUC {:.4}, below the reference's 0.73",
+        test_auc[0]
+    );
 }

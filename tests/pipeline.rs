@@ -60,7 +60,11 @@ fn quickstart_beats_popularity_and_resume_reproduces_the_uninterrupted_run() {
     let whole_dir = scratch.path().join("whole");
     let config = quickstart(&dataset, &whole_dir);
     let whole = dssm_trainer::train(&config, &TrainOptions::default()).expect("quickstart trains");
-    let test = whole.metrics.test.as_ref().expect("a finished run is tested");
+    let test = whole
+        .metrics
+        .test
+        .as_ref()
+        .expect("a finished run is tested");
     let popularity = popularity_auc(&dataset);
     println!(
         "quickstart test AUC {:.4} (GAUC {:.4}), popularity {:.4}",
@@ -72,7 +76,12 @@ fn quickstart_beats_popularity_and_resume_reproduces_the_uninterrupted_run() {
         test.auc,
         popularity
     );
-    for file in ["metrics.json", "metrics.jsonl", "config.toml", "training.svg"] {
+    for file in [
+        "metrics.json",
+        "metrics.jsonl",
+        "config.toml",
+        "training.svg",
+    ] {
         assert!(whole_dir.join(file).exists(), "{file} missing from the run");
     }
 
@@ -117,8 +126,7 @@ fn a_bad_config_is_rejected_naming_the_key() {
     let misspelt = text.replacen("[model.user_tower]", "[model.user_tower]\ndropuot = 0.1", 1);
     let path = scratch.path().join("misspelt.toml");
     std::fs::write(&path, misspelt).unwrap();
-    let error = dssm_cli::run(["dssm", "train", "--config", path.to_str().unwrap()])
-        .unwrap_err();
+    let error = dssm_cli::run(["dssm", "train", "--config", path.to_str().unwrap()]).unwrap_err();
     let message = format!("{error:#}");
     assert!(message.contains("dropuot"), "{message}");
 

@@ -21,8 +21,14 @@ const DSSM_STEPS: &[(&str, &str)] = &[
         "eval",
         "re-evaluate a run's best checkpoint on the test split",
     ),
-    ("export", "write a run's user and item embeddings to Parquet"),
-    ("recommend", "top-K movies for a user (or a described new user)"),
+    (
+        "export",
+        "write a run's user and item embeddings to Parquet",
+    ),
+    (
+        "recommend",
+        "top-K movies for a user (or a described new user)",
+    ),
     (
         "evaluate-retrieval",
         "leave-last-out HR/NDCG/MRR of a run, beside the popularity baseline",
@@ -59,7 +65,9 @@ fn main() -> Result<()> {
 }
 
 fn print_help() {
-    println!("cargo xtask <task> [args...]\n\nPipeline steps (run the release `dssm` binary; `<step> --help` for options):");
+    println!(
+        "cargo xtask <task> [args...]\n\nPipeline steps (run the release `dssm` binary; `<step> --help` for options):"
+    );
     for (name, about) in DSSM_STEPS {
         println!("  {name:<20} {about}");
     }
@@ -100,7 +108,16 @@ fn run_cargo(base: &[&str], extra: &[String]) -> Result<()> {
 /// Builds (if needed) and runs the release `dssm` binary with `args`.
 fn dssm(args: &[String]) -> Result<()> {
     run_cargo(
-        &["run", "--release", "--quiet", "-p", "dssm-cli", "--bin", "dssm", "--"],
+        &[
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "dssm-cli",
+            "--bin",
+            "dssm",
+            "--",
+        ],
         args,
     )
 }
@@ -111,8 +128,16 @@ fn dssm(args: &[String]) -> Result<()> {
 fn acceptance(extra: &[String]) -> Result<()> {
     let status = cargo()
         .args([
-            "test", "--release", "-p", "dssm-e2e", "--test", "acceptance", "--", "--nocapture",
-            "--test-threads", "1",
+            "test",
+            "--release",
+            "-p",
+            "dssm-e2e",
+            "--test",
+            "acceptance",
+            "--",
+            "--nocapture",
+            "--test-threads",
+            "1",
         ])
         .args(extra)
         .env("DSSM_ACCEPTANCE_TRAIN", "1")

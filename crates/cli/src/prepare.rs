@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use dssm_data::{
-    DatasetKind, MinFrequency, PrepareRequest, PrepareStage, PrepareSummary, Protocol, Source,
-    SyntheticConfig,
+    DatasetKind, ItemStatistics, MinFrequency, PrepareRequest, PrepareStage, PrepareSummary,
+    Protocol, Source, SyntheticConfig,
 };
 
 /// Where `prepare-data` writes when `--out` is not given: `datasets/prepared/<dataset>-<protocol>`.
@@ -52,6 +52,10 @@ pub struct PrepareArgs {
     /// Replace an existing dataset folder.
     #[arg(long)]
     pub overwrite: bool,
+    /// Compute the movie rating mean/count features over ALL ratings, test included: the PyTorch
+    /// reference's label leakage, only to report that variant (labelled so in the manifest).
+    #[arg(long)]
+    pub leaky_item_stats: bool,
     /// Synthetic data: number of users.
     #[arg(long, default_value_t = 2_000, help_heading = "Synthetic data")]
     pub users: u32,
@@ -106,7 +110,7 @@ pub fn run(args: &PrepareArgs, command_line: &str) -> Result<PrepareSummary> {
     let summary = dssm_data::prepare(&request, &report)
         .with_context(|| format!("prepare-data into {} failed", request.out_dir.display()))?;
     bar.finish_and_clear();
-    print_summary(&summary, request.protocol);
+    print_summary(&summary, request.protocol, request.item_statistics);
     Ok(summary)
 }
 
@@ -157,6 +161,9 @@ fn request_from_args(args: &PrepareArgs, command_line: &str) -> Result<PrepareRe
     request.rating_buckets = args.rating_buckets;
     request.overwrite = args.overwrite;
     request.command = command_line.to_string();
+    if args.leaky_item_stats {
+        request.item_statistics = ItemStatistics::AllRows;
+    }
     Ok(request)
 }
 
@@ -180,7 +187,7 @@ fn describe(stage: &PrepareStage) -> String {
     }
 }
 
-fn print_summary(summary: &PrepareSummary, protocol: Protocol) {
+fn print_summary(summary: &PrepareSummary, protocol: Protocol, item_statistics: ItemStatistics) {
     let rows = &summary.rows;
     println!("dataset      {}", summary.out_dir.display());
     println!("protocol     {}", protocol.name());
@@ -196,6 +203,9 @@ fn print_summary(summary: &PrepareSummary, protocol: Protocol) {
         summary.users, summary.items, summary.rated_items, summary.train_items
     );
     println!("positives    {:.1}%", summary.positive_share * 100.0);
+    if item_statistics == ItemStatistics::AllRows {
+        println!("LEAKY        movie rating mean/count features use every rating, test included");
+    }
     println!("time         {:.2} s", summary.elapsed.as_secs_f64());
 }
 

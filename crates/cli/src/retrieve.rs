@@ -1337,6 +1337,143 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn evaluate_retrieval_reproduces_the_trainers_test_figures_end_to_end() {
+        let dir = tempfile_dir();
+        let data = dir.join("synthetic-llo");
+        let synthetic = dssm_data::SyntheticConfig {
+            users: 150,
+            items: 120,
+            ratings: 6_000,
+            ..dssm_data::SyntheticConfig::default()
+        };
+        let mut request = dssm_data::PrepareRequest::new(
+            dssm_data::Source::Synthetic(synthetic),
+            dssm_data::DatasetKind::Synthetic,
+            &data,
+        );
+        request.protocol = Protocol::LeaveLastOut;
+        dssm_data::prepare(&request, &|_| {}).unwrap();
+        let run = dir.join("run");
+        let config = RunConfig::from_toml_str(&format!(
+            r#"
+[data]
+path = {data:?}
+protocol = "leave-last-out"
+[model.user_tower]
+hidden = [16, 8]
+[model.item_tower]
+hidden = [16, 8]
+[train]
+batch_size = 512
+epochs = 1
+select_metric = "hit_rate"
+[output]
+dir = {run:?}
+"#
+        ))
+        .unwrap();
+        let report = dssm_trainer::train(&config, &dssm_trainer::TrainOptions::default()).unwrap();
+        let trained = report
+            .metrics
+            .retrieval
+            .expect("a leave-last-out run has retrieval metrics");
+
+        evaluate(&EvaluateRetrievalArgs {
+            run: run.clone(),
+            split: SplitArg::Test,
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(run.join("retrieval-test.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["protocol"], "leave-last-out");
+        assert_eq!(json["split_seed"], serde_json::Value::Null);
+        assert_eq!(json["candidates"], trained.candidates);
+        assert_eq!(json["checkpoint"], report.metrics.checkpoint.as_str());
+        assert_eq!(
+            json["dataset"]["manifest_checksum"],
+            report.metrics.dataset.manifest_checksum.as_str()
+        );
+        let reports = |ranker: &str| -> Vec<RankingReport> {
+            ["unmasked", "masked"]
+                .iter()
+                .map(|v| serde_json::from_value(json["metrics"][ranker][v].clone()).unwrap())
+                .collect()
+        };
+        // Popularity is deterministic (up to the JSON round trip of floats); the model's figures may
+        // differ by a near-tie or two, since the trainer embeds in its own batches.
+        let users = trained.test[0].users as f64;
+        let close = |mine: &[RankingReport], theirs: &[RankingReport], tolerance: f64| {
+            assert_eq!(mine.len(), theirs.len());
+            for (a, b) in mine.iter().zip(theirs) {
+                assert_eq!(
+                    (a.variant.as_str(), a.users, a.at_k.len()),
+                    (b.variant.as_str(), b.users, b.at_k.len())
+                );
+                assert!((a.mrr - b.mrr).abs() <= tolerance, "{a:?} vs {b:?}");
+                for (x, y) in a.at_k.iter().zip(&b.at_k) {
+                    assert_eq!(x.k, y.k);
+                    assert!(
+                        (x.hit_rate - y.hit_rate).abs() <= tolerance,
+                        "{a:?} vs {b:?}"
+                    );
+                    assert!((x.ndcg - y.ndcg).abs() <= tolerance, "{a:?} vs {b:?}");
+                }
+            }
+        };
+        close(&reports("popularity"), &trained.popularity_test, 1e-12);
+        close(&reports("model"), &trained.test, 2.0 / users);
+
+        // The other two commands run on the same run.
+        let out = dir.join("embeddings");
+        export(&ExportArgs {
+            run: run.clone(),
+            out: Some(out.clone()),
+        })
+        .unwrap();
+        let items = dssm_retrieval::read_embeddings(&out.join(export_files::ITEMS)).unwrap();
+        assert_eq!(items.matrix.len(), 120);
+        assert_eq!(items.model_id, report.metrics.checkpoint);
+        for args in [
+            vec!["recommend", "--user", "3", "--exclude-seen"],
+            vec![
+                "recommend",
+                "--gender",
+                "F",
+                "--age",
+                "25",
+                "--occupation",
+                "4",
+            ],
+            vec!["recommend", "--user", "3", "--index", "hnsw"],
+        ] {
+            let run_arg = run.to_string_lossy().into_owned();
+            let mut full: Vec<&str> = args;
+            full.extend(["--run", &run_arg]);
+            let Ok(crate::Command::Recommend(args)) = parse(&full) else {
+                panic!("{full:?} parses as recommend");
+            };
+            recommend(&args).unwrap();
+        }
+        let error = recommend(&RecommendArgs {
+            run: run.clone(),
+            user: Some(99_999),
+            gender: None,
+            age: None,
+            occupation: None,
+            k: 10,
+            exclude_seen: false,
+            index: IndexArg::Exact,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("user 99999 is not in the dataset"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A fresh folder under the system temp dir (the cli crate has no tempfile dev-dependency).
     fn tempfile_dir() -> PathBuf {
         use std::sync::atomic::{AtomicUsize, Ordering};

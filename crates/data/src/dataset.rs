@@ -86,6 +86,9 @@ pub struct Manifest {
     pub min_frequency: MinFrequency,
     /// Number of quantile buckets of the per-movie rating mean and count.
     pub rating_buckets: usize,
+    /// Rows behind the rating mean/count bucket features (`all_rows` = the reference's leak).
+    #[serde(default)]
+    pub item_statistics: crate::encode::ItemStatistics,
     /// Source files with md5 and sizes.
     pub source_files: Vec<SourceFile>,
     /// Generator settings when the dataset is synthetic.
@@ -382,6 +385,8 @@ pub(crate) struct TablesInput<'a> {
     pub splits: &'a [Split],
     pub vocabularies: &'a Vocabularies,
     pub item_stats: &'a [ItemTrainStats],
+    /// The statistics the rating mean/count bucket features encode (= `item_stats` unless leaky).
+    pub bucket_stats: &'a [ItemTrainStats],
     pub label_threshold: u8,
 }
 
@@ -397,6 +402,7 @@ pub(crate) fn write_tables(
         splits,
         vocabularies,
         item_stats,
+        bucket_stats,
         label_threshold,
     } = *input;
 
@@ -418,7 +424,7 @@ pub(crate) fn write_tables(
     write_parquet(&path, &batch(&path, cols)?)?;
 
     // Items.
-    let item_features = vocabularies.encode_items(&raw.movies, item_stats)?;
+    let item_features = vocabularies.encode_items(&raw.movies, bucket_stats)?;
     let genres_max_len = item_features
         .iter()
         .find_map(|(_, c)| match c {

@@ -169,6 +169,18 @@ fn user_values(u: &RawUser) -> [String; 5] {
     ]
 }
 
+/// Which rows the per-movie rating mean and count features are computed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatistics {
+    /// The train rows only: the leak-free default every reported figure uses.
+    #[default]
+    Train,
+    /// Every rating, validation and test included. This reproduces the PyTorch reference's label
+    /// leakage (its test AUC 0.73 was measured so) and exists only to report that variant, labelled.
+    AllRows,
+}
+
 /// Per-movie train statistics and per-user train row counts.
 pub fn train_stats(raw: &RawData, splits: &[Split]) -> (Vec<u32>, Vec<ItemTrainStats>) {
     let mut user_rows = vec![0u32; raw.users.len()];
@@ -256,6 +268,19 @@ impl Vocabularies {
         min_frequency: MinFrequency,
         buckets: usize,
     ) -> Self {
+        Self::fit_with_bucket_stats(raw, splits, None, min_frequency, buckets)
+    }
+
+    /// [`Vocabularies::fit`], except that the rating mean and count bucket edges come from
+    /// `bucket_stats` when given (one entry per movie) instead of the train rows. Only the leaky
+    /// [`ItemStatistics::AllRows`] variant passes statistics here.
+    pub fn fit_with_bucket_stats(
+        raw: &RawData,
+        splits: &[Split],
+        bucket_stats: Option<&[ItemTrainStats]>,
+        min_frequency: MinFrequency,
+        buckets: usize,
+    ) -> Self {
         let (user_rows, item_stats) = train_stats(raw, splits);
         let train_rows: u64 = user_rows.iter().map(|&c| u64::from(c)).sum();
         let keep = |c: u64| match min_frequency {
@@ -316,7 +341,11 @@ impl Vocabularies {
             FeatureKind::Categorical,
             sorted_values(year_counts, keep),
         ));
-        let rated: Vec<&ItemTrainStats> = item_stats.iter().filter(|s| s.count > 0).collect();
+        let rated: Vec<&ItemTrainStats> = bucket_stats
+            .unwrap_or(&item_stats)
+            .iter()
+            .filter(|s| s.count > 0)
+            .collect();
         for (name, values) in [
             (
                 "rating_mean_bucket",

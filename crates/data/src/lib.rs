@@ -45,7 +45,7 @@ pub use dataset::{
     Dataset, FeatureColumn, FeatureSpec, FeatureTable, FeatureValues, Interactions, ItemTable,
     Manifest, Schema, SplitCounts, UserTable,
 };
-pub use encode::{FeatureKind, MinFrequency, Side, Vocabularies, Vocabulary};
+pub use encode::{FeatureKind, ItemStatistics, MinFrequency, Side, Vocabularies, Vocabulary};
 pub use error::{DataError, LineProblem};
 pub use prepare::{PrepareRequest, PrepareStage, PrepareSummary, Source, load_raw, prepare};
 pub use raw::{RawData, RawMovie, RawRating, RawUser, SourceFile};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::dataset::{self, Manifest, SplitCounts, TablesInput, files};
-use crate::encode::{MinFrequency, Vocabularies, train_stats};
+use crate::encode::{ItemStatistics, MinFrequency, Vocabularies, train_stats};
 use crate::error::DataError;
 use crate::raw::RawData;
 use crate::source::{self, DatasetKind, ML1M_URL};
@@ -51,6 +51,9 @@ pub struct PrepareRequest {
     pub overwrite: bool,
     /// The creating command line, recorded in the manifest. Default empty.
     pub command: String,
+    /// Rows behind the rating mean/count bucket features. Default [`ItemStatistics::Train`];
+    /// [`ItemStatistics::AllRows`] is the reference's leaky variant, for reporting only.
+    pub item_statistics: ItemStatistics,
 }
 
 impl PrepareRequest {
@@ -67,6 +70,7 @@ impl PrepareRequest {
             out_dir: out_dir.into(),
             overwrite: false,
             command: String::new(),
+            item_statistics: ItemStatistics::Train,
         }
     }
 
@@ -274,10 +278,19 @@ pub fn prepare(
     );
 
     let (_, item_stats) = train_stats(&raw, &splits);
+    let all_rows_stats = match request.item_statistics {
+        ItemStatistics::Train => None,
+        ItemStatistics::AllRows => Some(train_stats(&raw, &vec![Split::Train; splits.len()]).1),
+    };
     let train_rows = splits.iter().filter(|s| **s == Split::Train).count() as u64;
     progress(PrepareStage::Fitting { train_rows });
-    let vocabularies =
-        Vocabularies::fit(&raw, &splits, request.min_frequency, request.rating_buckets);
+    let vocabularies = Vocabularies::fit_with_bucket_stats(
+        &raw,
+        &splits,
+        all_rows_stats.as_deref(),
+        request.min_frequency,
+        request.rating_buckets,
+    );
 
     // Write into a temporary sibling, then rename.
     let parent = match out_dir.parent() {
@@ -298,6 +311,7 @@ pub fn prepare(
             splits: &splits,
             vocabularies: &vocabularies,
             item_stats: &item_stats,
+            bucket_stats: all_rows_stats.as_deref().unwrap_or(&item_stats),
             label_threshold: request.label_threshold,
         },
         |file| {
@@ -326,6 +340,7 @@ pub fn prepare(
         label_threshold: request.label_threshold,
         min_frequency: request.min_frequency,
         rating_buckets: request.rating_buckets,
+        item_statistics: request.item_statistics,
         source_files: raw.sources.clone(),
         synthetic: match &request.source {
             Source::Synthetic(config) => Some(config.clone()),
@@ -579,6 +594,36 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["ds"]);
+    }
+
+    #[test]
+    fn leaky_item_statistics_count_every_row_and_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str, item_statistics: ItemStatistics| {
+            let out = dir.path().join(name);
+            let mut request =
+                PrepareRequest::new(Source::Synthetic(small()), DatasetKind::Synthetic, &out);
+            request.item_statistics = item_statistics;
+            prepare(&request, &|_| {}).unwrap();
+            Dataset::open(&out).unwrap()
+        };
+        let clean = open("clean", ItemStatistics::Train);
+        let leaky = open("leaky", ItemStatistics::AllRows);
+        assert_eq!(clean.manifest.item_statistics, ItemStatistics::Train);
+        assert_eq!(leaky.manifest.item_statistics, ItemStatistics::AllRows);
+        // The split, the train counts and the other vocabularies are the same ...
+        assert_eq!(clean.manifest.rows, leaky.manifest.rows);
+        assert_eq!(clean.items.train_count, leaky.items.train_count);
+        let edges =
+            |ds: &Dataset, feature: &str| ds.vocabularies.get(feature).unwrap().edges.clone();
+        assert_eq!(edges(&clean, "movie_id"), edges(&leaky, "movie_id"));
+        // ... but the count buckets are cut on counts over all rows (about 1 / 0.72 larger).
+        let clean_edges = edges(&clean, "rating_count_bucket").unwrap();
+        let leaky_edges = edges(&leaky, "rating_count_bucket").unwrap();
+        assert!(
+            leaky_edges.last() > clean_edges.last(),
+            "{leaky_edges:?} vs {clean_edges:?}"
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //!     [--data DATASET_DIR] [--out RUN_DIR] [--resume] [--prepare-from ML1M_FOLDER] [--epochs N]
 //! ```
 //!
-//! `--prepare-from` runs dssm-data's `prepare` (MovieLens-1M folder, protocol `seed`, seed 42) into
-//! `--data` when that folder does not exist yet.
+//! `--prepare-from` runs dssm-data's `prepare` (MovieLens-1M folder, the config's `data.protocol`,
+//! seed 42) into `--data` when that folder does not exist yet.
 
 use std::path::PathBuf;
 
@@ -48,6 +48,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &config.data.path,
         );
         request.seed = 42;
+        request.protocol = match config.data.protocol {
+            dssm_trainer::config::Protocol::Seed => dssm_data::Protocol::Seed,
+            dssm_trainer::config::Protocol::LeaveLastOut => dssm_data::Protocol::LeaveLastOut,
+        };
         let summary = dssm_data::prepare(&request, &|_| {})?;
         eprintln!(
             "prepared {} ({:?} rows)",

@@ -936,6 +936,10 @@ dir = "runs/x"
             let config = RunConfig::from_file(dir.join(name)).unwrap();
             assert_eq!(config.data.protocol, Protocol::Seed, "{name}");
         }
+        let retrieval = RunConfig::from_file(dir.join("retrieval.toml")).unwrap();
+        assert_eq!(retrieval.data.protocol, Protocol::LeaveLastOut);
+        assert_eq!(retrieval.train.select_metric, SelectMetric::HitRate);
+        assert_eq!(retrieval.loss.kind, LossKind::InBatchSoftmax);
         let senet = RunConfig::from_file(dir.join("senet.toml")).unwrap();
         let plain = RunConfig::from_file(dir.join("dssm.toml")).unwrap();
         assert!(senet.model.senet.enabled && !plain.model.senet.enabled);

@@ -51,17 +51,27 @@ pub fn in_batch_softmax(
         logits = logits.broadcast_sub(&log_q.to_dtype(logits.dtype())?.unsqueeze(0)?)?;
     }
     if let Some(ids) = item_ids {
-        let mut mask = vec![0f32; batch * batch];
-        let mut any = false;
-        for i in 0..batch {
-            for j in 0..batch {
-                if i != j && ids[i] == ids[j] {
-                    mask[i * batch + j] = -1e9;
-                    any = true;
+        // Group the columns by item (sort, then runs of equal ids): only items that occur more
+        // than once in the batch need masking.
+        let mut order: Vec<usize> = (0..batch.min(ids.len())).collect();
+        order.sort_unstable_by_key(|&i| ids[i]);
+        let mut mask: Vec<f32> = Vec::new();
+        for group in order.chunk_by(|&a, &b| ids[a] == ids[b]) {
+            if group.len() < 2 {
+                continue;
+            }
+            if mask.is_empty() {
+                mask = vec![0f32; batch * batch];
+            }
+            for &i in group {
+                for &j in group {
+                    if i != j {
+                        mask[i * batch + j] = -1e9;
+                    }
                 }
             }
         }
-        if any {
+        if !mask.is_empty() {
             let mask = Tensor::from_vec(mask, (batch, batch), scores.device())?
                 .to_dtype(logits.dtype())?;
             logits = (logits + mask)?;

@@ -27,8 +27,8 @@ use crate::report::{
     DatasetInfo, EpochRecord, EvalReport, FinalMetrics, RetrievalMetrics, TrainReport,
 };
 use crate::retrieval::{RetrievalSetup, SELECT_CUTOFF, describe};
-use dssm_retrieval::{PROTOCOL_CUTOFFS, ProtocolVariant, RankingReport};
 use crate::tables::{GatherBuffers, SideTable};
+use dssm_retrieval::{PROTOCOL_CUTOFFS, ProtocolVariant, RankingReport};
 
 /// Options of one [`train`] call that are not part of the run config.
 #[derive(Debug, Clone, Default)]
@@ -1468,6 +1468,169 @@ dir = {out:?}
         // A fresh run into an occupied folder is refused.
         let err = train(&config, &TrainOptions::default()).unwrap_err();
         assert!(err.to_string().contains("already holds a run"), "{err}");
+    }
+
+    fn leave_last_out_dataset(dir: &Path) -> PathBuf {
+        let synthetic = SyntheticConfig {
+            users: 400,
+            items: 300,
+            ratings: 20_000,
+            ..SyntheticConfig::default()
+        };
+        let out = dir.join("synthetic-leave-last-out");
+        let mut request =
+            PrepareRequest::new(Source::Synthetic(synthetic), DatasetKind::Synthetic, &out);
+        request.protocol = dssm_data::Protocol::LeaveLastOut;
+        dssm_data::prepare(&request, &|_| {}).unwrap();
+        out
+    }
+
+    fn retrieval_config(data: &Path, out: &Path, loss: &str) -> RunConfig {
+        let text = format!(
+            r#"
+[data]
+path = {data:?}
+protocol = "leave-last-out"
+[features]
+user = ["user_id", "gender", "age", "occupation"]
+item = ["movie_id", "genres"]
+embedding_dim = 16
+[model.user_tower]
+hidden = [32, 16]
+l2_normalize = true
+[model.item_tower]
+hidden = [32, 16]
+l2_normalize = true
+[sampler]
+negatives_per_positive = 8
+[loss]
+kind = "{loss}"
+temperature = 0.1
+logq_correction = {logq}
+[optimizer]
+lr = 0.003
+[train]
+batch_size = 256
+epochs = 4
+select_metric = "hit_rate"
+seed = 3
+[output]
+dir = {out:?}
+"#,
+            logq = loss != "bce",
+        );
+        RunConfig::from_toml_str(&text).unwrap()
+    }
+
+    fn hr(report: &RankingReport, k: usize) -> f64 {
+        report.at(k).unwrap().hit_rate
+    }
+
+    #[test]
+    fn leave_last_out_trains_ranks_and_resumes_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = leave_last_out_dataset(dir.path());
+        let straight_dir = dir.path().join("straight");
+        let config = retrieval_config(&data, &straight_dir, "in_batch_softmax");
+        let straight = train(&config, &TrainOptions::default()).unwrap();
+        let metrics = &straight.metrics;
+        assert!(metrics.test.is_none() && metrics.val.is_none());
+        let retrieval = metrics.retrieval.as_ref().unwrap();
+        let candidates = retrieval.candidates;
+        assert!(candidates > 200 && candidates <= 300, "{candidates}");
+        // Random ranking expects HR@50 = 50 / candidates.
+        let random = 50.0 / candidates as f64;
+        let val = retrieval.val.as_ref().unwrap();
+        assert_eq!(metrics.val_hit_rate, Some(hr(val, 50)));
+        let popularity_val = hr(&retrieval.popularity_val, 50);
+        eprintln!(
+            "val HR@50 {:.4}, popularity {popularity_val:.4}, random {random:.4}",
+            hr(val, 50)
+        );
+        assert!(hr(val, 50) > 2.0 * random, "val HR@50 {}", hr(val, 50));
+        assert_eq!(val.users, 400);
+        // Test: both variants for the model and the baseline, every protocol cut-off.
+        let names = |r: &[RankingReport]| r.iter().map(|r| r.variant.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&retrieval.test), ["unmasked", "masked"]);
+        assert_eq!(names(&retrieval.popularity_test), ["unmasked", "masked"]);
+        for report in retrieval.test.iter().chain(&retrieval.popularity_test) {
+            assert_eq!(
+                report.at_k.iter().map(|m| m.k).collect::<Vec<_>>(),
+                PROTOCOL_CUTOFFS
+            );
+            assert!(report.mrr > 0.0 && report.mrr <= 1.0);
+        }
+        let (unmasked, masked) = (&retrieval.test[0], &retrieval.test[1]);
+        eprintln!(
+            "test HR@50 unmasked {:.4} masked {:.4}; popularity {:.4} {:.4}",
+            hr(unmasked, 50),
+            hr(masked, 50),
+            hr(&retrieval.popularity_test[0], 50),
+            hr(&retrieval.popularity_test[1], 50)
+        );
+        assert!(hr(unmasked, 50) > 2.0 * random, "{}", hr(unmasked, 50));
+        // Removing the user's train items can only move the target up.
+        for k in PROTOCOL_CUTOFFS {
+            assert!(hr(masked, k) >= hr(unmasked, k), "HR@{k}");
+        }
+        let records = &straight.epochs;
+        assert!(
+            records
+                .iter()
+                .all(|r| r.val_hit_rate.is_some() && r.val_ndcg.is_some())
+        );
+        let json = std::fs::read_to_string(straight_dir.join(layout::METRICS)).unwrap();
+        assert!(json.contains("\"popularity_test\"") && json.contains("\"masked\""));
+        // Every interaction is a training row, whatever its rating.
+        let train_rows = straight.epochs[0].train_rows;
+        let dataset = Dataset::open(&data).unwrap();
+        assert_eq!(train_rows as u64, dataset.manifest.rows.train);
+        let err = evaluate_run(&straight_dir, Split::Test).unwrap_err();
+        assert!(err.to_string().contains("leave-last-out"), "{err}");
+
+        // Interrupted after two epochs, then resumed: the same numbers.
+        let resumed_dir = dir.path().join("resumed");
+        let config = retrieval_config(&data, &resumed_dir, "in_batch_softmax");
+        train(
+            &config,
+            &TrainOptions {
+                stop_after_epochs: Some(2),
+                ..TrainOptions::default()
+            },
+        )
+        .unwrap();
+        let resumed = train(
+            &config,
+            &TrainOptions {
+                resume: true,
+                ..TrainOptions::default()
+            },
+        )
+        .unwrap();
+        let curve = |r: &[EpochRecord]| {
+            r.iter()
+                .map(|r| (r.train_loss, r.val_hit_rate, r.val_ndcg))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(curve(&resumed.epochs), curve(&straight.epochs));
+        assert_eq!(resumed.metrics.retrieval, straight.metrics.retrieval);
+    }
+
+    #[test]
+    fn leave_last_out_sampled_losses_train() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = leave_last_out_dataset(dir.path());
+        for loss in ["sampled_softmax", "bce"] {
+            let mut config = retrieval_config(&data, &dir.path().join(loss), loss);
+            config.train.epochs = 2;
+            let report = train(&config, &TrainOptions::default()).unwrap();
+            let retrieval = report.metrics.retrieval.unwrap();
+            let random = 50.0 / retrieval.candidates as f64;
+            let val = hr(retrieval.val.as_ref().unwrap(), 50);
+            eprintln!("{loss}: val HR@50 {val:.4}, random {random:.4}");
+            assert!(val > 1.5 * random, "{loss}: val HR@50 {val}");
+            assert_eq!(retrieval.test.len(), 2);
+        }
     }
 
     #[test]
