@@ -23,6 +23,9 @@ pub struct TrainArgs {
     /// uninterrupted run with the same seed.
     #[arg(long)]
     pub resume: bool,
+    /// Train on this dataset folder instead of the config's `data.path` (it must have the same protocol).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
     /// Write the run here instead of the config's `output.dir`.
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
@@ -47,8 +50,11 @@ pub struct EvalArgs {
 
 /// Runs `train` and prints the final figures.
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
-    let config = RunConfig::from_file(&args.config)
+    let mut config = RunConfig::from_file(&args.config)
         .with_context(|| format!("invalid run config {}", args.config.display()))?;
+    if let Some(data) = &args.data {
+        config.data.path = data.clone();
+    }
     let options = TrainOptions {
         resume: args.resume,
         run_dir: args.run_dir.clone(),

@@ -150,6 +150,11 @@ pub struct FeaturesConfig {
     pub embedding_dims: BTreeMap<String, usize>,
     /// Pooling of multi-valued features. Default `mean`.
     pub pooling: PoolingKind,
+    /// `leave-last-out` only: adds the user feature `history`, the user's last `history_len`
+    /// items before the interaction (time order), mean-pooled through its own item embedding
+    /// table. Validation queries see the train items, test queries the validation item too.
+    /// 0 turns it off. Default 0.
+    pub history_len: usize,
 }
 
 impl Default for FeaturesConfig {
@@ -160,6 +165,7 @@ impl Default for FeaturesConfig {
             embedding_dim: 8,
             embedding_dims: BTreeMap::new(),
             pooling: PoolingKind::Mean,
+            history_len: 0,
         }
     }
 }
@@ -755,6 +761,13 @@ impl RunConfig {
             }
             _ => {}
         }
+        if self.features.history_len > 0 && self.data.protocol != Protocol::LeaveLastOut {
+            return Err(invalid(
+                "features.history_len",
+                self.features.history_len,
+                "0 unless data.protocol is leave-last-out",
+            ));
+        }
         if self.data.path.as_os_str().is_empty() {
             return Err(invalid("data.path", "\"\"", "a dataset folder"));
         }
@@ -912,6 +925,9 @@ dir = "runs/x"
         let text = GOOD.replace("kind = \"bce\"", "kind = \"bce\"\nlogq_correction = true");
         let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
         assert!(message.contains("loss.logq_correction"), "{message}");
+        let text = GOOD.replace("embedding_dim = 8", "embedding_dim = 8\nhistory_len = 10");
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("features.history_len"), "{message}");
         let text = GOOD.replace("select_metric = \"auc\"", "select_metric = \"hit_rate\"");
         let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
         assert!(message.contains("train.select_metric"), "{message}");

@@ -48,6 +48,7 @@
 
 pub mod config;
 mod error;
+mod history;
 pub mod loss;
 pub mod metrics;
 pub mod optim;

@@ -31,6 +31,9 @@ fn retrieval_error(e: dssm_retrieval::Error) -> TrainError {
 pub(crate) struct HeldOut {
     /// User rows, one per held-out interaction.
     users: Vec<u32>,
+    /// Rows of the users table the queries are embedded from (the user rows, or one row per
+    /// query of a table expanded with the history feature).
+    queries: Vec<u32>,
     /// The held-out item row of each user.
     targets: Vec<u32>,
     /// The train item rows of each user (masked variant).
@@ -95,9 +98,16 @@ impl RetrievalSetup {
         let train_items = Exclusions::from_rows(users.iter().map(|&u| self.train_items_of(u)));
         HeldOut {
             users: users.to_vec(),
+            queries: users.to_vec(),
             targets: items.to_vec(),
             train_items,
         }
+    }
+
+    /// Embeds query `j` from row `j` of the users table (one expanded with the history feature).
+    pub(crate) fn with_query_per_row(mut held_out: HeldOut) -> HeldOut {
+        held_out.queries = (0..held_out.users.len() as u32).collect();
+        held_out
     }
 
     /// The popularity baseline's report under each of `variants`.
@@ -148,7 +158,7 @@ impl RetrievalSetup {
             model_config,
             users,
             Side::User,
-            &held_out.users,
+            &held_out.queries,
             batch_size,
             cosine,
         )?;

@@ -12,6 +12,7 @@ use crate::config::{
     ActivationKind, ConfigError, PoolingKind, RunConfig, SimilarityKind, SqueezeKind, TowerSection,
 };
 use crate::error::TrainError;
+use crate::history::HISTORY_FEATURE;
 
 /// The feature names each tower uses: the `[features]` lists, or every feature of that side in
 /// the schema.
@@ -107,6 +108,18 @@ pub(crate) fn model_config(
             });
         }
     }
+    if config.features.history_len > 0 {
+        features.push(FeatureSpec {
+            name: HISTORY_FEATURE.to_string(),
+            side: Side::User,
+            kind: FeatureKind::MultiCategorical {
+                vocab_size: dataset.items.movie_id.len() + 1,
+                max_len: config.features.history_len,
+                pooling: Pooling::Mean,
+            },
+            embedding_dim: config.features.embedding_dims.get(HISTORY_FEATURE).copied(),
+        });
+    }
     for name in config.features.embedding_dims.keys() {
         if !features.iter().any(|f| &f.name == name) {
             return Err(ConfigError::Invalid {
@@ -184,6 +197,16 @@ impl SideTable {
         };
         let mut columns = Vec::new();
         for spec in model.side_features(side) {
+            if let (Side::User, HISTORY_FEATURE, FeatureKind::MultiCategorical { max_len, .. }) =
+                (side, spec.name.as_str(), spec.kind)
+            {
+                // Filled per query by `expand`; empty (all padding) here.
+                columns.push(IdColumn {
+                    width: max_len,
+                    values: vec![0; table.rows * max_len],
+                });
+                continue;
+            }
             let column = table.get(&spec.name).ok_or_else(|| TrainError::Dataset {
                 path: dataset.dir.clone(),
                 message: format!("the {side} table has no column feature.{}", spec.name),
@@ -234,6 +257,36 @@ impl SideTable {
     /// Rows in the table.
     pub(crate) fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// A table whose row `j` is row `rows[j]` of this one with the `history` column (the last
+    /// column of the user side) replaced by `history[j * len..(j + 1) * len]`.
+    pub(crate) fn expand(&self, rows: &[u32], history: &[u32]) -> SideTable {
+        let last = self.columns.len().saturating_sub(1);
+        let columns = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(c, column)| {
+                if c == last {
+                    return IdColumn {
+                        width: column.width,
+                        values: history.to_vec(),
+                    };
+                }
+                let w = column.width;
+                let mut values = Vec::with_capacity(rows.len() * w);
+                for &r in rows {
+                    values.extend_from_slice(&column.values[r as usize * w..(r as usize + 1) * w]);
+                }
+                IdColumn { width: w, values }
+            })
+            .collect();
+        SideTable {
+            side: self.side,
+            rows: rows.len(),
+            columns,
+        }
     }
 
     /// Gathers `rows` into `buffers` (reused across batches) and builds the side batch.

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{LossKind, Protocol, RunConfig, SamplerStrategy};
 use crate::error::TrainError;
+use crate::history::{Histories, TimedRows, item_of_users};
 use crate::metrics::PointwiseMetrics;
 use crate::optim::{Optimizer, learning_rate};
 use crate::policy::BestTracker;
@@ -74,13 +75,33 @@ impl std::fmt::Debug for LoadedRun {
 
 impl LoadedRun {
     /// Embeddings of every row of the users (or items) table, `[rows, dim]` row-major, in
-    /// evaluation mode.
+    /// evaluation mode. With the `history` feature (`features.history_len`), a user's history is
+    /// what a test query sees: the validation item, then the last train items.
     pub fn embeddings(
         &self,
         side: Side,
         batch_size: usize,
     ) -> Result<(Vec<f32>, usize), TrainError> {
-        let table = SideTable::new(&self.dataset, self.model.config(), side)?;
+        let mut table = SideTable::new(&self.dataset, self.model.config(), side)?;
+        let history_len = self
+            .model
+            .config()
+            .side_features(side)
+            .find(|f| f.name == crate::history::HISTORY_FEATURE)
+            .and_then(|f| match f.kind {
+                dssm_model::FeatureKind::MultiCategorical { max_len, .. } => Some(max_len),
+                _ => None,
+            });
+        if let (Side::User, Some(len)) = (side, history_len) {
+            // The history known at test time: the train items, then the validation item.
+            let (n_users, n_items) = (table.rows(), self.dataset.items.movie_id.len());
+            let train = split_rows(&self.dataset, Split::Train, n_users, n_items)?;
+            let val = split_rows(&self.dataset, Split::Val, n_users, n_items)?;
+            let histories = Histories::new(&train.timed(), n_users, len);
+            let users: Vec<u32> = (0..n_users as u32).collect();
+            let newer = item_of_users(&users, &val.users, &val.items);
+            table = table.expand(&users, &histories.queries(&users, Some(&newer)));
+        }
         let dim = self.model.config().output_dim();
         let mut out = Vec::with_capacity(table.rows() * dim);
         let mut buffers = GatherBuffers::default();
@@ -313,6 +334,19 @@ struct SplitRows {
     users: Vec<u32>,
     items: Vec<u32>,
     labels: Vec<u8>,
+    timestamps: Vec<Option<i64>>,
+    lines: Vec<u32>,
+}
+
+impl SplitRows {
+    fn timed(&self) -> TimedRows<'_> {
+        TimedRows {
+            users: &self.users,
+            items: &self.items,
+            timestamps: &self.timestamps,
+            lines: &self.lines,
+        }
+    }
 }
 
 fn split_rows(
@@ -342,6 +376,8 @@ fn split_rows(
         users: rows.user_row,
         items: rows.item_row,
         labels: rows.label,
+        timestamps: rows.timestamp,
+        lines: rows.line,
     })
 }
 
@@ -507,7 +543,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
     }
     let run_dir = absolute(options.run_dir.as_deref().unwrap_or(&config.output.dir));
     let data_path = absolute(&config.data.path);
-    let prepared = prepare(
+    let mut prepared = prepare(
         config,
         None,
         open_dataset(&data_path, config.data.protocol)?,
@@ -625,12 +661,43 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
     let n_items = prepared.items.rows();
     let train_rows = split_rows(&prepared.dataset, Split::Train, n_users, n_items)?;
     let val_rows = split_rows(&prepared.dataset, Split::Val, n_users, n_items)?;
-    let trainer = EpochBuilder::new(config, &prepared, &train_rows)?;
+    // The history feature: one users-table row per train row (and per query, below).
+    let base_users = prepared.users.clone();
+    let histories = (config.features.history_len > 0)
+        .then(|| Histories::new(&train_rows.timed(), n_users, config.features.history_len));
+    let history_rows;
+    let epoch_rows_source = match &histories {
+        Some(h) => {
+            prepared.users = base_users.expand(&train_rows.users, &h.train);
+            history_rows = SplitRows {
+                users: (0..train_rows.users.len() as u32).collect(),
+                items: train_rows.items.clone(),
+                labels: train_rows.labels.clone(),
+                timestamps: Vec::new(),
+                lines: Vec::new(),
+            };
+            &history_rows
+        }
+        None => &train_rows,
+    };
+    let query_users = |rows: &SplitRows, newer: Option<&SplitRows>| -> SideTable {
+        match &histories {
+            Some(h) => {
+                let newer = newer.map(|n| item_of_users(&rows.users, &n.users, &n.items));
+                base_users.expand(&rows.users, &h.queries(&rows.users, newer.as_deref()))
+            }
+            None => base_users.clone(),
+        }
+    };
+    let trainer = EpochBuilder::new(config, &prepared, epoch_rows_source)?;
     let leave_last_out = config.data.protocol == Protocol::LeaveLastOut;
     // leave-last-out: candidates, train items per user and the popularity baseline.
     let retrieval = if leave_last_out {
         let setup = RetrievalSetup::new(n_users, n_items, &train_rows.users, &train_rows.items);
-        let val_held_out = setup.held_out(&val_rows.users, &val_rows.items);
+        let mut val_held_out = setup.held_out(&val_rows.users, &val_rows.items);
+        if histories.is_some() {
+            val_held_out = RetrievalSetup::with_query_per_row(val_held_out);
+        }
         let popularity_val = setup
             .popularity(
                 &val_held_out,
@@ -644,7 +711,12 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
             val_rows.users.len(),
             describe(&popularity_val)
         );
-        Some((setup, val_held_out, popularity_val))
+        Some((
+            setup,
+            val_held_out,
+            popularity_val,
+            query_users(&val_rows, None),
+        ))
     } else {
         None
     };
@@ -690,12 +762,12 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
                 )?),
                 None,
             ),
-            (Some((setup, held_out, _)), true) => {
+            (Some((setup, held_out, _, val_users)), true) => {
                 let report = setup
                     .evaluate(
                         &model,
                         &prepared.model_config,
-                        &prepared.users,
+                        val_users,
                         &prepared.items,
                         held_out,
                         &[ProtocolVariant::Unmasked],
@@ -804,7 +876,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
         train_samples_per_sec: state.train_rows as f64 / state.train_seconds.max(1e-9),
         retrieval: retrieval
             .as_ref()
-            .map(|(setup, _, popularity_val)| RetrievalMetrics {
+            .map(|(setup, _, popularity_val, _)| RetrievalMetrics {
                 candidates: setup.candidates(),
                 val: state.best_val_ranking.clone(),
                 popularity_val: popularity_val.clone(),
@@ -827,12 +899,16 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
     let best = Dssm::load(&best_dir, &prepared.device).map_err(TrainError::model)?;
     let test_rows = split_rows(&prepared.dataset, Split::Test, n_users, n_items)?;
     match (&retrieval, final_metrics.retrieval.as_mut()) {
-        (Some((setup, _, _)), Some(section)) => {
-            let held_out = setup.held_out(&test_rows.users, &test_rows.items);
+        (Some((setup, _, _, _)), Some(section)) => {
+            let mut held_out = setup.held_out(&test_rows.users, &test_rows.items);
+            if histories.is_some() {
+                held_out = RetrievalSetup::with_query_per_row(held_out);
+            }
+            let test_users = query_users(&test_rows, Some(&val_rows));
             section.test = setup.evaluate(
                 &best,
                 &prepared.model_config,
-                &prepared.users,
+                &test_users,
                 &prepared.items,
                 &held_out,
                 &ProtocolVariant::ALL,
@@ -1607,13 +1683,25 @@ dir = {out:?}
             },
         )
         .unwrap();
+        // Records pass through state.json, whose float parsing may move the last bit.
         let curve = |r: &[EpochRecord]| {
             r.iter()
-                .map(|r| (r.train_loss, r.val_hit_rate, r.val_ndcg))
+                .flat_map(|r| [r.train_loss, r.val_hit_rate.unwrap(), r.val_ndcg.unwrap()])
                 .collect::<Vec<_>>()
         };
-        assert_eq!(curve(&resumed.epochs), curve(&straight.epochs));
-        assert_eq!(resumed.metrics.retrieval, straight.metrics.retrieval);
+        let (a, b) = (curve(&resumed.epochs), curve(&straight.epochs));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{a:?} vs {b:?}");
+        }
+        let (a, b) = (
+            resumed.metrics.retrieval.unwrap(),
+            straight.metrics.retrieval.unwrap(),
+        );
+        assert_eq!(a.test, b.test);
+        assert_eq!(a.popularity_test, b.popularity_test);
+        assert_eq!(resumed.metrics.best_epoch, straight.metrics.best_epoch);
+        assert_eq!(resumed.metrics.checkpoint, straight.metrics.checkpoint);
     }
 
     #[test]
@@ -1631,6 +1719,34 @@ dir = {out:?}
             assert!(val > 1.5 * random, "{loss}: val HR@50 {val}");
             assert_eq!(retrieval.test.len(), 2);
         }
+    }
+
+    #[test]
+    fn leave_last_out_with_history_feature_trains_and_exports() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = leave_last_out_dataset(dir.path());
+        let out = dir.path().join("history");
+        let mut config = retrieval_config(&data, &out, "in_batch_softmax");
+        config.features.history_len = 5;
+        config.train.epochs = 2;
+        let report = train(&config, &TrainOptions::default()).unwrap();
+        let retrieval = report.metrics.retrieval.unwrap();
+        let random = 50.0 / retrieval.candidates as f64;
+        let val = hr(retrieval.val.as_ref().unwrap(), 50);
+        eprintln!("history: val HR@50 {val:.4}, random {random:.4}");
+        assert!(val > 1.5 * random, "val HR@50 {val}");
+        assert_eq!(retrieval.test.len(), 2);
+        let loaded = load_run(&out).unwrap();
+        assert!(
+            loaded
+                .model
+                .config()
+                .side_features(Side::User)
+                .any(|f| f.name == "history")
+        );
+        let (users, dim) = loaded.embeddings(Side::User, 128).unwrap();
+        assert_eq!(users.len(), 400 * dim);
+        assert!(users.iter().all(|x| x.is_finite()));
     }
 
     #[test]

@@ -1,0 +1,61 @@
+//! The dependency rules of ARCHITECTURE.md ("Who may depend on whom"), checked on the manifests so that a new
+//! dependency that breaks a crate's independence fails CI instead of slipping in.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// Every dependency name (normal, optional and build; not dev) of `crates/<name>/Cargo.toml`.
+fn dependencies(name: &str) -> BTreeSet<String> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../crates/{name}/Cargo.toml"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let manifest: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    ["dependencies", "build-dependencies"]
+        .iter()
+        .filter_map(|section| manifest.get(*section).and_then(toml::Value::as_table))
+        .flat_map(|table| table.keys().cloned())
+        .collect()
+}
+
+fn assert_none_of(krate: &str, forbidden: &[&str]) {
+    let deps = dependencies(krate);
+    let found: Vec<&&str> = forbidden.iter().filter(|f| deps.contains(**f)).collect();
+    assert!(
+        found.is_empty(),
+        "crates/{krate} must not depend on {found:?}"
+    );
+}
+
+const OURS: [&str; 6] = [
+    "dssm-data",
+    "dssm-sampler",
+    "dssm-model",
+    "dssm-trainer",
+    "dssm-retrieval",
+    "dssm-cli",
+];
+
+#[test]
+fn the_sampler_needs_only_rand_and_rayon() {
+    let deps = dependencies("sampler");
+    let allowed: BTreeSet<String> = ["rand", "rayon", "thiserror"].map(String::from).into();
+    assert!(deps.is_subset(&allowed), "dssm-sampler depends on {deps:?}");
+}
+
+#[test]
+fn data_model_and_retrieval_stand_alone() {
+    for krate in ["data", "model", "retrieval"] {
+        assert_none_of(krate, &OURS);
+        assert_none_of(krate, &["anyhow"]);
+    }
+    assert_none_of("data", &["candle-core", "candle-nn"]);
+    assert_none_of("retrieval", &["candle-core", "candle-nn"]);
+    assert_none_of("model", &["arrow", "parquet"]);
+}
+
+#[test]
+fn the_trainer_is_a_library_without_the_cli() {
+    assert_none_of("trainer", &["dssm-cli", "anyhow", "clap"]);
+}
