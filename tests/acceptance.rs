@@ -140,3 +140,52 @@ fn senet_recipe_reaches_the_reference_auc_without_leakage() {
         test_auc[0]
     );
 }
+
+/// DeepMatch's published DSSM test HR@50 on ML-1M under leave-last-out (unmasked).
+const DEEPMATCH_DSSM_HR50: f64 = 0.3555;
+
+#[test]
+fn retrieval_recipe_beats_popularity_at_every_cutoff() {
+    let Some(source) = bench_folder() else { return };
+    if !training_enabled() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let dataset = scratch.path().join("ml-1m-leave-last-out");
+    prepare_ml1m(source, Protocol::LeaveLastOut, dataset.clone());
+    let report = train_recipe("retrieval.toml", &dataset, scratch.path());
+    let retrieval = report
+        .metrics
+        .retrieval
+        .as_ref()
+        .expect("a leave-last-out run reports ranking metrics");
+    for (model, popularity) in retrieval.test.iter().zip(&retrieval.popularity_test) {
+        for cutoff in &model.at_k {
+            let baseline = popularity.at(cutoff.k).expect("same cutoffs");
+            println!(
+                "{:<9} HR@{:<3} model {:.4} popularity {:.4}   NDCG model {:.4} popularity {:.4}",
+                model.variant,
+                cutoff.k,
+                cutoff.hit_rate,
+                baseline.hit_rate,
+                cutoff.ndcg,
+                baseline.ndcg
+            );
+            assert!(
+                cutoff.hit_rate > baseline.hit_rate,
+                "{} HR@{}: model {} does not beat popularity {}",
+                model.variant,
+                cutoff.k,
+                cutoff.hit_rate,
+                baseline.hit_rate
+            );
+        }
+    }
+    let unmasked_hr50 = retrieval.test[0]
+        .at(50)
+        .expect("HR@50 is reported")
+        .hit_rate;
+    println!(
+        "test HR@50 (unmasked) {unmasked_hr50:.4}; DeepMatch's published DSSM figure {DEEPMATCH_DSSM_HR50}"
+    );
+}

@@ -14,6 +14,17 @@
 //! sampled pair that is a rated train pair is redrawn (`sampler.exclude_positives`). Negatives and
 //! the row order depend only on (seed, epoch); dropout masks on (seed, epoch, step).
 //!
+//! # The `leave-last-out` protocol recipe
+//! Every train interaction is a positive training row, whatever its rating. Losses:
+//! `in_batch_softmax` (the batch's other items are the negatives; log-Q subtracts ln of the
+//! item's share of the train interactions), `sampled_softmax` or `bce` with negatives from the
+//! sampler. Each validation ranks every user's validation item against all candidates (items with
+//! a train interaction) with `dssm-retrieval`'s exact index, `unmasked`; the best checkpoint is
+//! the one with the highest HR@50 (`select_metric = "hit_rate"`). At the end the test item is
+//! ranked once, under both variants (`unmasked`, `masked`), beside the popularity baseline:
+//! [`RetrievalMetrics`] in `metrics.json`. `features.history_len` adds a user feature of the
+//! items just before each interaction (see [`config::FeaturesConfig::history_len`]).
+//!
 //! # The run folder
 //! ```text
 //! <run>/config.toml            the config as used
@@ -21,6 +32,7 @@
 //!       dataset-manifest.json  a copy of the dataset's manifest
 //!       metrics.jsonl          one line per epoch (EpochRecord)
 //!       metrics.json           the final record (FinalMetrics): val and test of the best epoch
+//!                              (leave-last-out: its `retrieval` section)
 //!       training.svg           training loss and validation metrics by epoch
 //!       checkpoints/best/      model.safetensors, model.json, state.json
 //!       checkpoints/last/      the same plus optimizer.safetensors/.json (for resume)
