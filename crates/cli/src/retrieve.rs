@@ -873,18 +873,8 @@ fn dataset_record(dataset: &Dataset) -> Result<DatasetRecord> {
         path: absolute(&dataset.dir),
         name: dataset.manifest.dataset.clone(),
         protocol: dataset.manifest.protocol.name().to_string(),
-        manifest_checksum: fnv1a(&bytes),
+        manifest_checksum: dssm_trainer::checksum(&bytes),
     })
-}
-
-/// FNV-1a 64 as hex: the checksum the trainer records for manifests and checkpoint weights.
-fn fnv1a(bytes: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
 }
 
 /// The id of the run's best checkpoint: `best@epoch<N>:<weights checksum>` from metrics.json when it
@@ -896,7 +886,10 @@ fn checkpoint_id(run_dir: &Path) -> String {
         .map(|dir| dir.join(dssm_model::WEIGHTS_FILE))
         .find(|path| path.exists())
         .and_then(|path| std::fs::read(path).ok())
-        .map_or_else(|| "unknown".to_string(), |bytes| fnv1a(&bytes));
+        .map_or_else(
+            || "unknown".to_string(),
+            |bytes| dssm_trainer::checksum(&bytes),
+        );
     let recorded = std::fs::read_to_string(run_dir.join(layout::METRICS))
         .ok()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
@@ -1305,7 +1298,7 @@ mod tests {
         let best = dir.join(layout::CHECKPOINTS).join("best");
         std::fs::create_dir_all(&best).unwrap();
         std::fs::write(best.join(dssm_model::WEIGHTS_FILE), b"weights").unwrap();
-        let checksum = fnv1a(b"weights");
+        let checksum = dssm_trainer::checksum(b"weights");
         assert_eq!(checkpoint_id(&dir), format!("best:{checksum}"));
         std::fs::write(
             dir.join(layout::METRICS),

@@ -76,4 +76,4 @@ pub use dssm_data::Split;
 pub use error::TrainError;
 pub use plot::training_svg;
 pub use report::{EpochRecord, EvalReport, FinalMetrics, RetrievalMetrics, TrainReport};
-pub use train::{LoadedRun, TrainOptions, evaluate_run, layout, load_run, train};
+pub use train::{LoadedRun, TrainOptions, checksum, evaluate_run, layout, load_run, train};

@@ -197,7 +197,13 @@ fn derive_seed(seed: u64, epoch: usize, stream: u64, step: u64) -> u64 {
     )
 }
 
-fn fnv1a(bytes: &[u8]) -> String {
+/// FNV-1a (64-bit) of `bytes` as 16 hex digits: the checksum a run records for its dataset's manifest
+/// (`DatasetInfo::manifest_checksum`) and its checkpoint weights (`FinalMetrics::checkpoint`).
+///
+/// ```
+/// assert_eq!(dssm_trainer::checksum(b""), "cbf29ce484222325");
+/// ```
+pub fn checksum(bytes: &[u8]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         hash ^= u64::from(b);
@@ -275,7 +281,7 @@ fn dataset_info(dataset: &Dataset, path: &Path) -> Result<DatasetInfo, TrainErro
         name: dataset.manifest.dataset.clone(),
         protocol: dataset.manifest.protocol.name().to_string(),
         split_seed: Some(dataset.manifest.seed),
-        manifest_checksum: fnv1a(&bytes),
+        manifest_checksum: checksum(&bytes),
     })
 }
 
@@ -526,7 +532,7 @@ fn find_checkpoint(run_dir: &Path, name: &str) -> Option<PathBuf> {
 
 fn checkpoint_id(dir: &Path, epoch: usize) -> String {
     let weights = std::fs::read(dir.join(dssm_model::WEIGHTS_FILE)).unwrap_or_default();
-    format!("best@epoch{epoch}:{}", fnv1a(&weights))
+    format!("best@epoch{epoch}:{}", checksum(&weights))
 }
 
 /// Trains a model as configured, writes the run folder and evaluates the best-validation
