@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use dssm_data::{Dataset, Split};
-use dssm_model::{Dssm, Mode, ModelConfig, Side};
+use dssm_model::{Dssm, Mode, ModelConfig, Side, SideBatch};
 use dssm_sampler::{
     NegativeSampler, PopularitySampler, Positives, SamplerError, UniformSampler, UserItems,
     fill_negatives,
@@ -528,6 +528,28 @@ fn find_checkpoint(run_dir: &Path, name: &str) -> Option<PathBuf> {
         .join(layout::CHECKPOINTS)
         .join(format!(".old-{name}"));
     old.join(layout::STATE).exists().then_some(old)
+}
+
+/// Both towers of a training batch; the item tower's dropout masks use a stream apart from the user
+/// tower's (`dropout_seed ^ 1`).
+fn encode_towers(
+    model: &Dssm,
+    users: &SideBatch,
+    items: &SideBatch,
+    dropout_seed: u64,
+) -> Result<(Tensor, Tensor), TrainError> {
+    let u = model
+        .encode_users(users, Mode::Train { seed: dropout_seed })
+        .map_err(TrainError::model)?;
+    let v = model
+        .encode_items(
+            items,
+            Mode::Train {
+                seed: dropout_seed ^ 1,
+            },
+        )
+        .map_err(TrainError::model)?;
+    Ok((u, v))
 }
 
 fn checkpoint_id(dir: &Path, epoch: usize) -> String {
@@ -1248,17 +1270,7 @@ fn run_epoch(
                     prepared
                         .items
                         .batch(mc, &rows.items[start..end], &mut item_buffers, device)?;
-                let u = model
-                    .encode_users(&users, mode)
-                    .map_err(TrainError::model)?;
-                let v = model
-                    .encode_items(
-                        &items,
-                        Mode::Train {
-                            seed: dropout_seed ^ 1,
-                        },
-                    )
-                    .map_err(TrainError::model)?;
+                let (u, v) = encode_towers(model, &users, &items, dropout_seed)?;
                 let scores = model.score_matrix(&u, &v).map_err(TrainError::model)?;
                 let q = match &probabilities {
                     Some(p) => Some(log_q(p, &rows.items[start..end], &[b], device)?),
@@ -1280,17 +1292,7 @@ fn run_epoch(
                 let items = prepared
                     .items
                     .batch(mc, &item_rows, &mut item_buffers, device)?;
-                let u = model
-                    .encode_users(&users, mode)
-                    .map_err(TrainError::model)?;
-                let v = model
-                    .encode_items(
-                        &items,
-                        Mode::Train {
-                            seed: dropout_seed ^ 1,
-                        },
-                    )
-                    .map_err(TrainError::model)?;
+                let (u, v) = encode_towers(model, &users, &items, dropout_seed)?;
                 let result: candle_core::Result<Tensor> = (|| {
                     let v_pos = v.narrow(0, 0, b)?;
                     let v_neg = v.narrow(0, b, b * k)?;
