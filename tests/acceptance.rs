@@ -188,4 +188,8 @@ fn retrieval_recipe_beats_popularity_at_every_cutoff() {
     println!(
         "test HR@50 (unmasked) {unmasked_hr50:.4}; DeepMatch's published DSSM figure {DEEPMATCH_DSSM_HR50}"
     );
+    assert!(
+        unmasked_hr50 > DEEPMATCH_DSSM_HR50,
+        "test HR@50 (unmasked) {unmasked_hr50:.4} is not above DeepMatch's DSSM {DEEPMATCH_DSSM_HR50}"
+    );
 }

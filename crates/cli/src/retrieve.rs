@@ -841,7 +841,7 @@ fn format_recommendations<'a>(
 }
 
 /// The metrics table: one line per (variant, ranker).
-fn format_table(rows: &[(&str, &RankingReport)]) -> String {
+pub(crate) fn format_table(rows: &[(&str, &RankingReport)]) -> String {
     let mut out = format!("{:<10}{:<12}", "variant", "ranker");
     for k in PROTOCOL_CUTOFFS {
         out.push_str(&format!("{:>9}", format!("HR@{k}")));

@@ -81,9 +81,25 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     if let Some(val) = &metrics.val {
         print_pointwise("val", val);
     }
-    match &metrics.test {
-        Some(test) => print_pointwise("test", test),
-        None => println!("test         not evaluated (the run stopped before its last epoch)"),
+    match (&metrics.test, &metrics.retrieval) {
+        (Some(test), _) => print_pointwise("test", test),
+        (None, Some(retrieval)) if retrieval.test.len() == 2 => {
+            println!(
+                "test         leave-last-out, {} candidates (unmasked: train movies stay ranked; masked: removed)",
+                retrieval.candidates
+            );
+            let (model, popularity) = (&retrieval.test, &retrieval.popularity_test);
+            print!(
+                "{}",
+                crate::retrieve::format_table(&[
+                    ("model", &model[0]),
+                    ("popularity", &popularity[0]),
+                    ("model", &model[1]),
+                    ("popularity", &popularity[1]),
+                ])
+            );
+        }
+        _ => println!("test         not evaluated (the run stopped before its last epoch)"),
     }
     println!(
         "training     {:.0} samples/s, wall {:.1} s",

@@ -1,5 +1,6 @@
 //! DSSM two-tower model on Candle: feature embeddings, SENet, MLP towers, dot/cosine similarity with a
-//! temperature, a stable BCE with logits, and safetensors save/load.
+//! temperature, a stable BCE with logits, a row-wise softmax cross-entropy ([`softmax_cross_entropy`],
+//! the kernel of in-batch and sampled softmax), and safetensors save/load.
 //!
 //! Built from a [`ModelConfig`] (a list of [`FeatureSpec`]s); it knows nothing of datasets and does no IO
 //! besides its own weights and config.
@@ -52,6 +53,7 @@ mod config;
 mod error;
 mod model;
 mod ops;
+mod softmax;
 
 #[cfg(test)]
 mod tests;
@@ -64,3 +66,4 @@ pub use config::{
 pub use error::ModelError;
 pub use model::{CONFIG_FILE, Dssm, EMBEDDING_INIT_STD, Mode, WEIGHTS_FILE, parse_device};
 pub use ops::bce_with_logits;
+pub use softmax::{softmax_cross_entropy, softmax_cross_entropy_unfused};

@@ -97,7 +97,7 @@ macro_rules! act_impl {
 act_impl!(f32, act_f32, dact_f32);
 act_impl!(f64, act_f64, dact_f64);
 
-fn contiguous_slice<'a, T: candle_core::WithDType>(
+pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
     s: &'a CpuStorage,
     l: &Layout,
 ) -> candle_core::Result<&'a [T]> {

@@ -155,6 +155,10 @@ pub struct FeaturesConfig {
     /// table. Validation queries see the train items, test queries the validation item too.
     /// 0 turns it off. Default 0.
     pub history_len: usize,
+    /// Adds the user feature `recent`: the first `recent_len` items of `history` (the most recent
+    /// ones), mean-pooled through their own table, so the tower sees the user's latest taste
+    /// beside the longer-term mean. At most `history_len`; 0 turns it off. Default 0.
+    pub recent_len: usize,
 }
 
 impl Default for FeaturesConfig {
@@ -166,6 +170,7 @@ impl Default for FeaturesConfig {
             embedding_dims: BTreeMap::new(),
             pooling: PoolingKind::Mean,
             history_len: 0,
+            recent_len: 0,
         }
     }
 }
@@ -344,6 +349,11 @@ pub struct LossConfig {
     pub temperature: f64,
     /// Subtract ln q(item) from softmax logits, q from the sampler. Default false.
     pub logq_correction: bool,
+    /// `in_batch_softmax` only: items drawn from the `[sampler]` once per batch and appended to
+    /// the batch's items as negatives of every row (mixed negative sampling, Yang et al. 2020):
+    /// in-batch negatives follow popularity, these reach the long tail. With the log-Q correction
+    /// a column's q is its expected count, `B q_batch(item) + K q_sampler(item)`. Default 0.
+    pub shared_negatives: usize,
 }
 
 impl Default for LossConfig {
@@ -352,6 +362,7 @@ impl Default for LossConfig {
             kind: LossKind::Bce,
             temperature: 1.0,
             logq_correction: false,
+            shared_negatives: 0,
         }
     }
 }
@@ -681,6 +692,15 @@ impl RunConfig {
             ));
         }
         positive_finite("loss.temperature", self.loss.temperature)?;
+        if self.loss.shared_negatives > 0
+            && (self.loss.kind != LossKind::InBatchSoftmax || s.strategy == SamplerStrategy::None)
+        {
+            return Err(invalid(
+                "loss.shared_negatives",
+                self.loss.shared_negatives,
+                "0 unless loss.kind is in_batch_softmax and sampler.strategy is `uniform` or `popularity`",
+            ));
+        }
         if self.loss.logq_correction
             && !matches!(
                 self.loss.kind,
@@ -766,6 +786,13 @@ impl RunConfig {
                 "features.history_len",
                 self.features.history_len,
                 "0 unless data.protocol is leave-last-out",
+            ));
+        }
+        if self.features.recent_len > self.features.history_len {
+            return Err(invalid(
+                "features.recent_len",
+                self.features.recent_len,
+                "at most features.history_len",
             ));
         }
         if self.data.path.as_os_str().is_empty() {
@@ -931,6 +958,31 @@ dir = "runs/x"
         let text = GOOD.replace("select_metric = \"auc\"", "select_metric = \"hit_rate\"");
         let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
         assert!(message.contains("train.select_metric"), "{message}");
+    }
+
+    #[test]
+    fn recent_items_come_from_the_history() {
+        let text = GOOD
+            .replace("protocol = \"seed\"", "protocol = \"leave-last-out\"")
+            .replace("select_metric = \"auc\"", "select_metric = \"hit_rate\"")
+            .replace(
+                "embedding_dim = 8",
+                "embedding_dim = 8\nhistory_len = 4\nrecent_len = 5",
+            );
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("features.recent_len"), "{message}");
+        let ok = text.replace("recent_len = 5", "recent_len = 4");
+        assert_eq!(
+            RunConfig::from_toml_str(&ok).unwrap().features.recent_len,
+            4
+        );
+    }
+
+    #[test]
+    fn shared_negatives_need_in_batch_softmax() {
+        let text = GOOD.replace("kind = \"bce\"", "kind = \"bce\"\nshared_negatives = 16");
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("loss.shared_negatives"), "{message}");
     }
 
     #[test]

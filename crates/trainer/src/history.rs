@@ -1,6 +1,7 @@
 //! The optional `history` user feature (`features.history_len`, `leave-last-out` only): the
 //! items a user interacted with just before the interaction being scored, at most `history_len`
-//! of them, mean-pooled through the feature's own item embedding table.
+//! of them, mean-pooled through the feature's own item embedding table; and the optional `recent`
+//! feature (`features.recent_len`): the first `recent_len` of those, through a table of its own.
 //!
 //! Ids are item rows + 1 (0 is padding). A user's interactions are ordered by (timestamp, line
 //! in the ratings file), a rating without a timestamp first, as the split does.
@@ -10,6 +11,8 @@
 
 /// The name of the feature in the model config.
 pub(crate) const HISTORY_FEATURE: &str = "history";
+/// The name of the feature of the most recent history items (`features.recent_len`).
+pub(crate) const RECENT_FEATURE: &str = "recent";
 
 /// One split's interactions with their time order.
 pub(crate) struct TimedRows<'a> {

@@ -23,7 +23,10 @@
 //! the one with the highest HR@50 (`select_metric = "hit_rate"`). At the end the test item is
 //! ranked once, under both variants (`unmasked`, `masked`), beside the popularity baseline:
 //! [`RetrievalMetrics`] in `metrics.json`. `features.history_len` adds a user feature of the
-//! items just before each interaction (see [`config::FeaturesConfig::history_len`]).
+//! items just before each interaction (see [`config::FeaturesConfig::history_len`]), and
+//! `features.recent_len` a second one of the most recent of them
+//! ([`config::FeaturesConfig::recent_len`]). `loss.shared_negatives` adds sampled items to
+//! in-batch softmax ([`config::LossConfig::shared_negatives`]).
 //!
 //! # The run folder
 //! ```text

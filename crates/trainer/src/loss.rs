@@ -12,7 +12,7 @@
 //! assert!((loss - std::f32::consts::LN_2).abs() < 1e-6);
 //! ```
 
-use candle_core::{D, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// ln(1 + exp(x)) without overflow: max(x, 0) + ln(1 + exp(-|x|)).
 pub fn softplus(x: &Tensor) -> Result<Tensor> {
@@ -35,10 +35,12 @@ pub fn bpr(positive: &Tensor, negative: &Tensor) -> Result<Tensor> {
 }
 
 /// Mean softmax cross-entropy where row i's target is column i: in-batch softmax over a score
-/// matrix `scores` [B, B] (user i against the items of the batch), divided by `temperature`, with
-/// `log_q` [B] (ln of each batch item's sampling probability) subtracted from each column when
-/// given. `item_ids` (one per column), when given, masks accidental hits: a column holding the
-/// same item as row i's target (other than column i) is removed from row i's softmax.
+/// matrix `scores` [B, C] (user i against the B items of the batch, then C - B shared
+/// negatives), divided by `temperature`, with `log_q` [C] (ln of each column item's sampling
+/// probability or expected count) subtracted from each column when given. `item_ids` (one per
+/// column), when given, masks accidental hits: a column holding the same item as row i's target
+/// (other than column i) is removed from row i's softmax.
+/// One fused op on CPU ([`dssm_model::softmax_cross_entropy`]).
 pub fn in_batch_softmax(
     scores: &Tensor,
     temperature: f64,
@@ -46,39 +48,24 @@ pub fn in_batch_softmax(
     item_ids: Option<&[u32]>,
 ) -> Result<Tensor> {
     let batch = scores.dim(0)?;
-    let mut logits = (scores / temperature)?;
-    if let Some(log_q) = log_q {
-        logits = logits.broadcast_sub(&log_q.to_dtype(logits.dtype())?.unsqueeze(0)?)?;
-    }
+    let mut excluded: Vec<(u32, u32)> = Vec::new();
     if let Some(ids) = item_ids {
         // Group the columns by item (sort, then runs of equal ids): only items that occur more
         // than once in the batch need masking.
-        let mut order: Vec<usize> = (0..batch.min(ids.len())).collect();
-        order.sort_unstable_by_key(|&i| ids[i]);
-        let mut mask: Vec<f32> = Vec::new();
-        for group in order.chunk_by(|&a, &b| ids[a] == ids[b]) {
+        let columns = scores.dim(1)?.min(ids.len());
+        let mut order: Vec<u32> = (0..columns as u32).collect();
+        order.sort_unstable_by_key(|&i| ids[i as usize]);
+        for group in order.chunk_by(|&a, &b| ids[a as usize] == ids[b as usize]) {
             if group.len() < 2 {
                 continue;
             }
-            if mask.is_empty() {
-                mask = vec![0f32; batch * batch];
+            for &i in group.iter().filter(|&&i| (i as usize) < batch) {
+                excluded.extend(group.iter().filter(|&&j| j != i).map(|&j| (i, j)));
             }
-            for &i in group {
-                for &j in group {
-                    if i != j {
-                        mask[i * batch + j] = -1e9;
-                    }
-                }
-            }
-        }
-        if !mask.is_empty() {
-            let mask = Tensor::from_vec(mask, (batch, batch), scores.device())?
-                .to_dtype(logits.dtype())?;
-            logits = (logits + mask)?;
         }
     }
-    let targets = Tensor::arange(0u32, batch as u32, scores.device())?;
-    softmax_cross_entropy(&logits, &targets)
+    let targets: Vec<u32> = (0..batch as u32).collect();
+    dssm_model::softmax_cross_entropy(scores, 1.0 / temperature, log_q, &excluded, &targets)
 }
 
 /// Mean sampled-softmax cross-entropy: each row's logits are [positive, negatives...] divided by
@@ -90,23 +77,21 @@ pub fn sampled_softmax(
     temperature: f64,
     log_q: Option<(&Tensor, &Tensor)>,
 ) -> Result<Tensor> {
-    let mut logits = (Tensor::cat(&[&positive.unsqueeze(1)?, negative], 1)? / temperature)?;
-    if let Some((q_positive, q_negative)) = log_q {
-        let q = Tensor::cat(&[&q_positive.unsqueeze(1)?, q_negative], 1)?;
-        logits = (logits - q.to_dtype(positive.dtype())?)?;
-    }
-    let targets = Tensor::zeros(positive.dim(0)?, candle_core::DType::U32, positive.device())?;
-    softmax_cross_entropy(&logits, &targets)
+    let scores = Tensor::cat(&[&positive.unsqueeze(1)?, negative], 1)?;
+    let offsets = match log_q {
+        Some((q_positive, q_negative)) => {
+            Some(Tensor::cat(&[&q_positive.unsqueeze(1)?, q_negative], 1)?)
+        }
+        None => None,
+    };
+    let targets = vec![0u32; positive.dim(0)?];
+    dssm_model::softmax_cross_entropy(&scores, 1.0 / temperature, offsets.as_ref(), &[], &targets)
 }
 
 /// Mean of -log_softmax(logits)[target] over rows; `logits` [B, C], `targets` [B] u32.
 pub fn softmax_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let log_probabilities = shifted.broadcast_sub(&log_sum)?;
-    let picked = log_probabilities.gather(&targets.unsqueeze(1)?, 1)?;
-    picked.neg()?.mean_all()
+    let targets = targets.to_vec1::<u32>()?;
+    dssm_model::softmax_cross_entropy(logits, 1.0, None, &[], &targets)
 }
 
 #[cfg(test)]
@@ -188,6 +173,23 @@ mod tests {
         // Both rows hold the same item: each row's softmax keeps only its own column: loss 0.
         let value = scalar(in_batch_softmax(&scores, 1.0, None, Some(&[7, 7])).unwrap());
         close(value, 0.0);
+    }
+
+    #[test]
+    fn in_batch_softmax_with_shared_negative_columns() {
+        // Two rows (targets: columns 0 and 1, items 5 and 6), then shared columns holding items
+        // 6 and 9. Row 0 keeps all four columns; row 1's shared copy of its own item 6 is an
+        // accidental hit and leaves its softmax.
+        let scores = Tensor::new(
+            &[[1.0f32, 0.0, 2.0, 0.5], [0.0, 1.0, 3.0, -1.0]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let e = |x: f32| x.exp();
+        let row0 = -(e(1.0) / (e(1.0) + e(0.0) + e(2.0) + e(0.5))).ln();
+        let row1 = -(e(1.0) / (e(0.0) + e(1.0) + e(-1.0))).ln();
+        let value = scalar(in_batch_softmax(&scores, 1.0, None, Some(&[5, 6, 6, 9])).unwrap());
+        close(value, (row0 + row1) / 2.0);
     }
 
     #[test]

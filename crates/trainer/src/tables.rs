@@ -12,7 +12,7 @@ use crate::config::{
     ActivationKind, ConfigError, PoolingKind, RunConfig, SimilarityKind, SqueezeKind, TowerSection,
 };
 use crate::error::TrainError;
-use crate::history::HISTORY_FEATURE;
+use crate::history::{HISTORY_FEATURE, RECENT_FEATURE};
 
 /// The feature names each tower uses: the `[features]` lists, or every feature of that side in
 /// the schema.
@@ -108,17 +108,22 @@ pub(crate) fn model_config(
             });
         }
     }
-    if config.features.history_len > 0 {
-        features.push(FeatureSpec {
-            name: HISTORY_FEATURE.to_string(),
-            side: Side::User,
-            kind: FeatureKind::MultiCategorical {
-                vocab_size: dataset.items.movie_id.len() + 1,
-                max_len: config.features.history_len,
-                pooling: Pooling::Mean,
-            },
-            embedding_dim: config.features.embedding_dims.get(HISTORY_FEATURE).copied(),
-        });
+    for (name, len) in [
+        (HISTORY_FEATURE, config.features.history_len),
+        (RECENT_FEATURE, config.features.recent_len),
+    ] {
+        if len > 0 {
+            features.push(FeatureSpec {
+                name: name.to_string(),
+                side: Side::User,
+                kind: FeatureKind::MultiCategorical {
+                    vocab_size: dataset.items.movie_id.len() + 1,
+                    max_len: len,
+                    pooling: Pooling::Mean,
+                },
+                embedding_dim: config.features.embedding_dims.get(name).copied(),
+            });
+        }
     }
     for name in config.features.embedding_dims.keys() {
         if !features.iter().any(|f| &f.name == name) {
@@ -168,6 +173,8 @@ pub(crate) fn model_config(
 struct IdColumn {
     width: usize,
     values: Vec<u32>,
+    /// The `history` or `recent` feature: filled per query by [`SideTable::expand`].
+    from_history: bool,
 }
 
 /// The encoded features of one side's table, in tower order.
@@ -197,13 +204,17 @@ impl SideTable {
         };
         let mut columns = Vec::new();
         for spec in model.side_features(side) {
-            if let (Side::User, HISTORY_FEATURE, FeatureKind::MultiCategorical { max_len, .. }) =
-                (side, spec.name.as_str(), spec.kind)
+            if let (
+                Side::User,
+                HISTORY_FEATURE | RECENT_FEATURE,
+                FeatureKind::MultiCategorical { max_len, .. },
+            ) = (side, spec.name.as_str(), spec.kind)
             {
                 // Filled per query by `expand`; empty (all padding) here.
                 columns.push(IdColumn {
                     width: max_len,
                     values: vec![0; table.rows * max_len],
+                    from_history: true,
                 });
                 continue;
             }
@@ -215,6 +226,7 @@ impl SideTable {
                 (FeatureValues::Categorical(values), FeatureKind::Categorical { .. }) => IdColumn {
                     width: 1,
                     values: values.clone(),
+                    from_history: false,
                 },
                 (
                     FeatureValues::Multi { max_len, values },
@@ -222,6 +234,7 @@ impl SideTable {
                 ) if *max_len == m => IdColumn {
                     width: m,
                     values: values.clone(),
+                    from_history: false,
                 },
                 _ => {
                     return Err(TrainError::Dataset {
@@ -259,27 +272,33 @@ impl SideTable {
         self.rows
     }
 
-    /// A table whose row `j` is row `rows[j]` of this one with the `history` column (the last
-    /// column of the user side) replaced by `history[j * len..(j + 1) * len]`.
+    /// A table whose row `j` is row `rows[j]` of this one with the `history` column replaced by
+    /// `history[j * len..(j + 1) * len]` (most recent first) and the `recent` column, when
+    /// present, by the first `recent_len` of those.
     pub(crate) fn expand(&self, rows: &[u32], history: &[u32]) -> SideTable {
-        let last = self.columns.len().saturating_sub(1);
+        let len = history.len() / rows.len().max(1);
         let columns = self
             .columns
             .iter()
-            .enumerate()
-            .map(|(c, column)| {
-                if c == last {
-                    return IdColumn {
-                        width: column.width,
-                        values: history.to_vec(),
-                    };
-                }
+            .map(|column| {
                 let w = column.width;
                 let mut values = Vec::with_capacity(rows.len() * w);
-                for &r in rows {
-                    values.extend_from_slice(&column.values[r as usize * w..(r as usize + 1) * w]);
+                if column.from_history {
+                    for row in history.chunks_exact(len.max(1)) {
+                        values.extend_from_slice(&row[..w.min(len)]);
+                    }
+                } else {
+                    for &r in rows {
+                        values.extend_from_slice(
+                            &column.values[r as usize * w..(r as usize + 1) * w],
+                        );
+                    }
                 }
-                IdColumn { width: w, values }
+                IdColumn {
+                    width: w,
+                    values,
+                    from_history: column.from_history,
+                }
             })
             .collect();
         SideTable {
@@ -316,5 +335,42 @@ impl SideTable {
             .map(|b| HostColumn::Ids(b.as_slice()))
             .collect();
         SideBatch::from_host(model, self.side, rows.len(), &host, device).map_err(TrainError::model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expand_fills_history_and_its_most_recent_prefix() {
+        // Two user rows: a categorical column, then `history` (width 3) and `recent` (width 2).
+        let table = SideTable {
+            side: Side::User,
+            rows: 2,
+            columns: vec![
+                IdColumn {
+                    width: 1,
+                    values: vec![10, 11],
+                    from_history: false,
+                },
+                IdColumn {
+                    width: 3,
+                    values: vec![0; 6],
+                    from_history: true,
+                },
+                IdColumn {
+                    width: 2,
+                    values: vec![0; 4],
+                    from_history: true,
+                },
+            ],
+        };
+        // Queries: user row 1, then user row 0; histories most recent first.
+        let expanded = table.expand(&[1, 0], &[7, 8, 9, 4, 0, 0]);
+        assert_eq!(expanded.rows, 2);
+        assert_eq!(expanded.columns[0].values, [11, 10]);
+        assert_eq!(expanded.columns[1].values, [7, 8, 9, 4, 0, 0]);
+        assert_eq!(expanded.columns[2].values, [7, 8, 4, 0]);
     }
 }

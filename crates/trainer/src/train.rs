@@ -181,6 +181,7 @@ const STREAM_NEGATIVE_USERS: u64 = 1;
 const STREAM_NEGATIVE_ITEMS: u64 = 2;
 const STREAM_SHUFFLE: u64 = 3;
 const STREAM_DROPOUT: u64 = 4;
+const STREAM_SHARED_NEGATIVES: u64 = 5;
 
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -472,7 +473,8 @@ struct EpochRows {
     users: Vec<u32>,
     items: Vec<u32>,
     labels: Vec<f32>,
-    /// Pairwise/sampled softmax: `k` negatives per row.
+    /// Pairwise/sampled softmax: `k` negatives per row; in-batch softmax with
+    /// `loss.shared_negatives` = K: K per batch, batch `s` at `s * K..(s + 1) * K`.
     negatives: Vec<u32>,
     k: usize,
 }
@@ -1123,6 +1125,25 @@ impl<'a> EpochBuilder<'a> {
                     .map_err(sampler_error)?;
                     (negatives, k)
                 }
+                (Some(sampler), LossKind::InBatchSoftmax)
+                    if self.config.loss.shared_negatives > 0 =>
+                {
+                    // One draw of K items per batch, shared by its rows (no per-user exclusion).
+                    let shared = self.config.loss.shared_negatives;
+                    let batches = users.len().div_ceil(self.config.train.batch_size);
+                    let mut negatives = vec![0u32; batches * shared];
+                    fill_negatives(
+                        sampler,
+                        &vec![0; batches],
+                        shared,
+                        None,
+                        derive_seed(seed, epoch, STREAM_SHARED_NEGATIVES, 0),
+                        epoch as u64,
+                        &mut negatives,
+                    )
+                    .map_err(sampler_error)?;
+                    (negatives, 0)
+                }
                 _ => (Vec::new(), 0),
             };
             let labels = vec![1.0; users.len()];
@@ -1199,39 +1220,49 @@ fn run_epoch(
     } else {
         ProgressBar::hidden()
     };
-    // q(item) for log-Q: in-batch uses positive-row frequencies, sampled softmax the sampler.
-    let probabilities: Option<Vec<f64>> = if config.loss.logq_correction {
-        let n_items = prepared.items.rows();
-        Some(match config.loss.kind {
-            LossKind::InBatchSoftmax => {
-                let mut counts = vec![0f64; n_items];
-                for &i in &rows.items {
-                    counts[i as usize] += 1.0;
-                }
-                let total: f64 = counts.iter().sum::<f64>().max(1.0);
-                counts.iter().map(|c| c / total).collect()
+    // q(item) for log-Q: in-batch uses positive-row frequencies, sampled softmax the sampler;
+    // in-batch with shared negatives both (`sampler_q`).
+    let n_items = prepared.items.rows();
+    let sampler_probabilities = || -> Result<Vec<f64>, TrainError> {
+        let counts = &prepared.dataset.items.train_count;
+        let sampler: AnySampler = match config.sampler.strategy {
+            SamplerStrategy::Uniform | SamplerStrategy::None => {
+                AnySampler::Uniform(UniformSampler::new(n_items).map_err(sampler_error)?)
             }
-            _ => {
-                let counts = &prepared.dataset.items.train_count;
-                let sampler: AnySampler = match config.sampler.strategy {
-                    SamplerStrategy::Uniform | SamplerStrategy::None => {
-                        AnySampler::Uniform(UniformSampler::new(n_items).map_err(sampler_error)?)
-                    }
-                    SamplerStrategy::Popularity => AnySampler::Popularity(
-                        PopularitySampler::builder()
-                            .alpha(config.sampler.alpha)
-                            .build(counts)
-                            .map_err(sampler_error)?,
-                    ),
-                };
-                (0..n_items as u32)
-                    .map(|i| sampler.probability(i))
-                    .collect()
-            }
-        })
-    } else {
-        None
+            SamplerStrategy::Popularity => AnySampler::Popularity(
+                PopularitySampler::builder()
+                    .alpha(config.sampler.alpha)
+                    .build(counts)
+                    .map_err(sampler_error)?,
+            ),
+        };
+        Ok((0..n_items as u32)
+            .map(|i| sampler.probability(i))
+            .collect())
     };
+    let shared = if config.loss.kind == LossKind::InBatchSoftmax {
+        config.loss.shared_negatives
+    } else {
+        0
+    };
+    let (probabilities, sampler_q): (Option<Vec<f64>>, Option<Vec<f64>>) =
+        if config.loss.logq_correction {
+            match config.loss.kind {
+                LossKind::InBatchSoftmax => {
+                    let mut counts = vec![0f64; n_items];
+                    for &i in &rows.items {
+                        counts[i as usize] += 1.0;
+                    }
+                    let total: f64 = counts.iter().sum::<f64>().max(1.0);
+                    let batch_q = counts.iter().map(|c| c / total).collect();
+                    let sampler_q = (shared > 0).then(sampler_probabilities).transpose()?;
+                    (Some(batch_q), sampler_q)
+                }
+                _ => (Some(sampler_probabilities()?), None),
+            }
+        } else {
+            (None, None)
+        };
     let (mut user_buffers, mut item_buffers) = (GatherBuffers::default(), GatherBuffers::default());
     let mut item_rows: Vec<u32> = Vec::new();
     let mut total_loss = 0.0f64;
@@ -1266,21 +1297,30 @@ fn run_epoch(
                     .map_err(TrainError::tensor("computing the loss"))?
             }
             LossKind::InBatchSoftmax => {
-                let items =
-                    prepared
-                        .items
-                        .batch(mc, &rows.items[start..end], &mut item_buffers, device)?;
+                item_rows.clear();
+                item_rows.extend_from_slice(&rows.items[start..end]);
+                item_rows.extend_from_slice(&rows.negatives[step * shared..(step + 1) * shared]);
+                let items = prepared
+                    .items
+                    .batch(mc, &item_rows, &mut item_buffers, device)?;
                 let (u, v) = encode_towers(model, &users, &items, dropout_seed)?;
                 let scores = model.score_matrix(&u, &v).map_err(TrainError::model)?;
-                let q = match &probabilities {
-                    Some(p) => Some(log_q(p, &rows.items[start..end], &[b], device)?),
-                    None => None,
+                let q = match (&probabilities, &sampler_q) {
+                    (Some(p), None) => Some(log_q(p, &item_rows, &[item_rows.len()], device)?),
+                    // Mixed: a column's q is its expected count in the batch.
+                    (Some(p), Some(ps)) => {
+                        let expected: Vec<f64> = (0..n_items)
+                            .map(|i| b as f64 * p[i] + shared as f64 * ps[i])
+                            .collect();
+                        Some(log_q(&expected, &item_rows, &[item_rows.len()], device)?)
+                    }
+                    _ => None,
                 };
                 crate::loss::in_batch_softmax(
                     &scores,
                     config.loss.temperature,
                     q.as_ref(),
-                    Some(&rows.items[start..end]),
+                    Some(&item_rows),
                 )
                 .map_err(TrainError::tensor("computing the loss"))?
             }
@@ -1424,6 +1464,7 @@ pub fn evaluate_run(run_dir: &Path, split: Split) -> Result<EvalReport, TrainErr
 mod tests {
     use super::*;
     use dssm_data::{DatasetKind, PrepareRequest, Source, SyntheticConfig};
+    use dssm_model::FeatureKind;
 
     fn synthetic_dataset(dir: &Path) -> PathBuf {
         let synthetic = SyntheticConfig {
@@ -1716,9 +1757,19 @@ dir = {out:?}
     fn leave_last_out_sampled_losses_train() {
         let dir = tempfile::tempdir().unwrap();
         let data = leave_last_out_dataset(dir.path());
-        for loss in ["sampled_softmax", "bce"] {
-            let mut config = retrieval_config(&data, &dir.path().join(loss), loss);
+        for loss in ["sampled_softmax", "bce", "shared_negatives"] {
+            let kind = if loss == "shared_negatives" {
+                "in_batch_softmax"
+            } else {
+                loss
+            };
+            let mut config = retrieval_config(&data, &dir.path().join(loss), kind);
             config.train.epochs = 2;
+            if loss == "shared_negatives" {
+                // Mixed negatives: 64 uniform items per batch beside the batch's own.
+                config.loss.shared_negatives = 64;
+                config.sampler.strategy = SamplerStrategy::Uniform;
+            }
             let report = train(&config, &TrainOptions::default()).unwrap();
             let retrieval = report.metrics.retrieval.unwrap();
             let random = 50.0 / retrieval.candidates as f64;
@@ -1736,6 +1787,7 @@ dir = {out:?}
         let out = dir.path().join("history");
         let mut config = retrieval_config(&data, &out, "in_batch_softmax");
         config.features.history_len = 5;
+        config.features.recent_len = 2;
         config.train.epochs = 2;
         let report = train(&config, &TrainOptions::default()).unwrap();
         let retrieval = report.metrics.retrieval.unwrap();
@@ -1745,13 +1797,14 @@ dir = {out:?}
         assert!(val > 1.5 * random, "val HR@50 {val}");
         assert_eq!(retrieval.test.len(), 2);
         let loaded = load_run(&out).unwrap();
-        assert!(
-            loaded
-                .model
-                .config()
-                .side_features(Side::User)
-                .any(|f| f.name == "history")
-        );
+        let user_features: Vec<_> = loaded.model.config().side_features(Side::User).collect();
+        for (name, len) in [("history", 5), ("recent", 2)] {
+            assert!(
+                user_features.iter().any(|f| f.name == name
+                    && matches!(f.kind, FeatureKind::MultiCategorical { max_len, .. } if max_len == len)),
+                "{name}"
+            );
+        }
         let (users, dim) = loaded.embeddings(Side::User, 128).unwrap();
         assert_eq!(users.len(), 400 * dim);
         assert!(users.iter().all(|x| x.is_finite()));
