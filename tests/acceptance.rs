@@ -186,7 +186,12 @@ fn retrieval_recipe_beats_popularity_at_every_cutoff() {
         .expect("HR@50 is reported")
         .hit_rate;
     println!(
-        "test HR@50 (unmasked) {unmasked_hr50:.4}; DeepMatch's published DSSM figure {DEEPMATCH_DSSM_HR50}"
+        "test HR@50 (unmasked) {unmasked_hr50:.4}; DeepMatch's published DSSM figure {DEEPMATCH_DSSM_HR50}; \
+         best epoch {} of {}, wall {:.0} s, {:.0} samples/s",
+        report.metrics.best_epoch,
+        report.metrics.epochs_completed,
+        report.metrics.wall_s,
+        report.metrics.train_samples_per_sec
     );
     assert!(
         unmasked_hr50 > DEEPMATCH_DSSM_HR50,
