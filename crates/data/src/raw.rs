@@ -241,6 +241,35 @@ impl LineCtx<'_> {
         }
     }
 
+    /// Fails unless the line has exactly `n` fields (`expected` describes the layout).
+    fn field_count(
+        &self,
+        fields: &[&[u8]],
+        n: usize,
+        expected: &'static str,
+    ) -> Result<(), DataError> {
+        if fields.len() == n {
+            return Ok(());
+        }
+        Err(self.err(LineProblem::FieldCount {
+            expected,
+            found: fields.len(),
+        }))
+    }
+
+    /// A gender field: `M` or `F`.
+    fn gender(&self, field: &'static str, b: &[u8]) -> Result<String, DataError> {
+        let gender = decode_latin1(b);
+        if gender == "M" || gender == "F" {
+            return Ok(gender);
+        }
+        Err(self.err(LineProblem::InvalidValue {
+            field,
+            expected: "M or F",
+            value: gender,
+        }))
+    }
+
     fn u32(&self, field: &'static str, b: &[u8]) -> Result<u32, DataError> {
         parse_u32(b).ok_or_else(|| {
             self.err(LineProblem::NotANumber {
@@ -300,52 +329,48 @@ fn check_unique(file: &str, kind: &'static str, ids_lines: &[(u32, u32)]) -> Res
     Ok(())
 }
 
-/// Parses ML-1M users.dat: `UserID::Gender::Age::Occupation::Zip-code`.
-pub fn parse_users_ml1m(file: &str, bytes: &[u8]) -> Result<Vec<RawUser>, DataError> {
-    let mut users = Vec::new();
+/// Parses one record per line of `bytes`, its fields split at `sep`; `parse` returns each
+/// record's id, which must be unique in the file (`kind` names it in the error).
+fn parse_records<T>(
+    file: &str,
+    bytes: &[u8],
+    sep: &[u8],
+    kind: &'static str,
+    mut parse: impl FnMut(&LineCtx<'_>, &[u8], &[&[u8]]) -> Result<(u32, T), DataError>,
+) -> Result<Vec<T>, DataError> {
+    let mut records = Vec::new();
     let mut lines_seen = Vec::new();
-    let mut fields = Vec::with_capacity(8);
+    let mut fields = Vec::with_capacity(32);
     for (line, text) in lines(bytes) {
         let cx = LineCtx { file, line };
-        split_sep(text, b"::", &mut fields);
-        if fields.len() != 5 {
-            return Err(cx.err(LineProblem::FieldCount {
-                expected: "UserID::Gender::Age::Occupation::Zip-code",
-                found: fields.len(),
-            }));
-        }
-        let user_id = cx.u32("UserID", fields[0])?;
-        let gender = decode_latin1(fields[1]);
-        if gender != "M" && gender != "F" {
-            return Err(cx.err(LineProblem::InvalidValue {
-                field: "Gender",
-                expected: "M or F",
-                value: gender,
-            }));
-        }
-        let age = cx.u32("Age", fields[2])?;
-        let occupation = cx.u32("Occupation", fields[3])?;
-        users.push(RawUser {
-            user_id,
-            gender,
-            age,
-            occupation,
-            zip_code: decode_latin1(fields[4]),
-        });
-        lines_seen.push((user_id, line));
+        split_sep(text, sep, &mut fields);
+        let (id, record) = parse(&cx, text, &fields)?;
+        records.push(record);
+        lines_seen.push((id, line));
     }
-    check_unique(file, "user", &lines_seen)?;
-    Ok(users)
+    check_unique(file, kind, &lines_seen)?;
+    Ok(records)
+}
+
+/// Parses ML-1M users.dat: `UserID::Gender::Age::Occupation::Zip-code`.
+pub fn parse_users_ml1m(file: &str, bytes: &[u8]) -> Result<Vec<RawUser>, DataError> {
+    parse_records(file, bytes, b"::", "user", |cx, _, fields| {
+        cx.field_count(fields, 5, "UserID::Gender::Age::Occupation::Zip-code")?;
+        let user_id = cx.u32("UserID", fields[0])?;
+        let user = RawUser {
+            user_id,
+            gender: cx.gender("Gender", fields[1])?,
+            age: cx.u32("Age", fields[2])?,
+            occupation: cx.u32("Occupation", fields[3])?,
+            zip_code: decode_latin1(fields[4]),
+        };
+        Ok((user_id, user))
+    })
 }
 
 /// Parses ML-1M movies.dat (ISO-8859-1): `MovieID::Title::Genres` with `|`-separated genres.
 pub fn parse_movies_ml1m(file: &str, bytes: &[u8]) -> Result<Vec<RawMovie>, DataError> {
-    let mut movies = Vec::new();
-    let mut lines_seen = Vec::new();
-    let mut fields = Vec::with_capacity(4);
-    for (line, text) in lines(bytes) {
-        let cx = LineCtx { file, line };
-        split_sep(text, b"::", &mut fields);
+    parse_records(file, bytes, b"::", "movie", |cx, text, fields| {
         if fields.len() < 3 {
             return Err(cx.err(LineProblem::FieldCount {
                 expected: "MovieID::Title::Genres",
@@ -363,16 +388,14 @@ pub fn parse_movies_ml1m(file: &str, bytes: &[u8]) -> Result<Vec<RawMovie>, Data
             .filter(|g| !g.is_empty())
             .map(str::to_string)
             .collect();
-        movies.push(RawMovie {
+        let movie = RawMovie {
             movie_id,
             year: year_from_title(&title),
             title,
             genres,
-        });
-        lines_seen.push((movie_id, line));
-    }
-    check_unique(file, "movie", &lines_seen)?;
-    Ok(movies)
+        };
+        Ok((movie_id, movie))
+    })
 }
 
 /// Parses ratings lines separated by `sep` (`::` for ML-1M, tab for ML-100K):
@@ -434,28 +457,11 @@ pub fn parse_ratings(
 
 /// Parses ML-100K u.user: `id|age|gender|occupation|zip` (occupation as a name).
 pub fn parse_users_100k(file: &str, bytes: &[u8]) -> Result<Vec<RawUser>, DataError> {
-    let mut users = Vec::new();
-    let mut lines_seen = Vec::new();
-    let mut fields = Vec::with_capacity(8);
-    for (line, text) in lines(bytes) {
-        let cx = LineCtx { file, line };
-        split_sep(text, b"|", &mut fields);
-        if fields.len() != 5 {
-            return Err(cx.err(LineProblem::FieldCount {
-                expected: "user id|age|gender|occupation|zip code",
-                found: fields.len(),
-            }));
-        }
+    parse_records(file, bytes, b"|", "user", |cx, _, fields| {
+        cx.field_count(fields, 5, "user id|age|gender|occupation|zip code")?;
         let user_id = cx.u32("user id", fields[0])?;
         let age = cx.u32("age", fields[1])?;
-        let gender = decode_latin1(fields[2]);
-        if gender != "M" && gender != "F" {
-            return Err(cx.err(LineProblem::InvalidValue {
-                field: "gender",
-                expected: "M or F",
-                value: gender,
-            }));
-        }
+        let gender = cx.gender("gender", fields[2])?;
         let occupation_name = decode_latin1(fields[3]);
         let occupation = OCCUPATIONS_100K
             .iter()
@@ -467,34 +473,26 @@ pub fn parse_users_100k(file: &str, bytes: &[u8]) -> Result<Vec<RawUser>, DataEr
                     value: occupation_name.clone(),
                 })
             })? as u32;
-        users.push(RawUser {
+        let user = RawUser {
             user_id,
             gender,
             age,
             occupation,
             zip_code: decode_latin1(fields[4]),
-        });
-        lines_seen.push((user_id, line));
-    }
-    check_unique(file, "user", &lines_seen)?;
-    Ok(users)
+        };
+        Ok((user_id, user))
+    })
 }
 
 /// Parses ML-100K u.item (ISO-8859-1): `id|title|release date|video release date|IMDb URL|`
 /// followed by the 19 genre flags of [`GENRES_100K`].
 pub fn parse_movies_100k(file: &str, bytes: &[u8]) -> Result<Vec<RawMovie>, DataError> {
-    let mut movies = Vec::new();
-    let mut lines_seen = Vec::new();
-    let mut fields = Vec::with_capacity(32);
-    for (line, text) in lines(bytes) {
-        let cx = LineCtx { file, line };
-        split_sep(text, b"|", &mut fields);
-        if fields.len() != 5 + GENRES_100K.len() {
-            return Err(cx.err(LineProblem::FieldCount {
-                expected: "movie id|title|release date|video release date|IMDb URL|19 genre flags",
-                found: fields.len(),
-            }));
-        }
+    parse_records(file, bytes, b"|", "movie", |cx, _, fields| {
+        cx.field_count(
+            fields,
+            5 + GENRES_100K.len(),
+            "movie id|title|release date|video release date|IMDb URL|19 genre flags",
+        )?;
         let movie_id = cx.u32("movie id", fields[0])?;
         let title = decode_latin1(fields[1]);
         let release = fields[2];
@@ -518,16 +516,14 @@ pub fn parse_movies_100k(file: &str, bytes: &[u8]) -> Result<Vec<RawMovie>, Data
                 }
             }
         }
-        movies.push(RawMovie {
+        let movie = RawMovie {
             movie_id,
             title,
             year,
             genres,
-        });
-        lines_seen.push((movie_id, line));
-    }
-    check_unique(file, "movie", &lines_seen)?;
-    Ok(movies)
+        };
+        Ok((movie_id, movie))
+    })
 }
 
 #[cfg(test)]
