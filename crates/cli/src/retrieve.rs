@@ -1026,6 +1026,19 @@ mod tests {
             .filter(|&(row, _)| train_count[row] > 0)
             .map(|(row, &id)| (row, id))
             .collect();
+        // The items a variant removes from user `u`'s ranking: its train items when masked.
+        let excluded = |u: u32, variant: ProtocolVariant| -> Vec<u32> {
+            match variant {
+                ProtocolVariant::Unmasked => Vec::new(),
+                ProtocolVariant::Masked => train_rows
+                    .0
+                    .iter()
+                    .zip(&train_rows.1)
+                    .filter(|&(&r, _)| r == u)
+                    .map(|(_, &m)| m)
+                    .collect(),
+            }
+        };
         for (v, variant) in ProtocolVariant::ALL.into_iter().enumerate() {
             let ahead: Vec<Option<usize>> = held
                 .0
@@ -1040,17 +1053,7 @@ mod tests {
                             (id, s)
                         })
                         .collect();
-                    let excluded: Vec<u32> = match variant {
-                        ProtocolVariant::Unmasked => Vec::new(),
-                        ProtocolVariant::Masked => train_rows
-                            .0
-                            .iter()
-                            .zip(&train_rows.1)
-                            .filter(|&(&r, _)| r == u)
-                            .map(|(_, &m)| m)
-                            .collect(),
-                    };
-                    brute_force_ahead(&scores, target, &excluded)
+                    brute_force_ahead(&scores, target, &excluded(u, variant))
                 })
                 .collect();
             assert_eq!(ahead[3], None, "item 40 is not a candidate");
@@ -1070,19 +1073,7 @@ mod tests {
                 .0
                 .iter()
                 .zip(&held.1)
-                .map(|(&u, &target)| {
-                    let excluded: Vec<u32> = match variant {
-                        ProtocolVariant::Unmasked => Vec::new(),
-                        ProtocolVariant::Masked => train_rows
-                            .0
-                            .iter()
-                            .zip(&train_rows.1)
-                            .filter(|&(&r, _)| r == u)
-                            .map(|(_, &m)| m)
-                            .collect(),
-                    };
-                    brute_force_ahead(&counts, target, &excluded)
-                })
+                .map(|(&u, &target)| brute_force_ahead(&counts, target, &excluded(u, variant)))
                 .collect();
             let expected =
                 RankingReport::from_items_ahead(variant.name(), &pop_ahead, &PROTOCOL_CUTOFFS);
