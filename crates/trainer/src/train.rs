@@ -10,7 +10,7 @@ use dssm_data::{Dataset, Split};
 use dssm_model::{Dssm, Mode, ModelConfig, Side, SideBatch};
 use dssm_sampler::{
     NegativeSampler, PopularitySampler, Positives, SamplerError, UniformSampler, UserItems,
-    fill_negatives,
+    chunk_rng, fill_negatives,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
@@ -770,6 +770,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
             &model,
             &mut optimizer,
             &rows,
+            &trainer.item_q,
             epoch,
             &mut state,
             options,
@@ -980,11 +981,20 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
     })
 }
 
+/// q(item) for the log-Q correction, fixed for the run (both `None` without the correction).
+struct ItemQ {
+    /// In-batch softmax: each item's share of the positive train rows (the batch's own sampling).
+    batch: Option<Vec<f64>>,
+    /// Sampled softmax, and the shared negatives of in-batch softmax: the sampler's probability.
+    sampler: Option<Vec<f64>>,
+}
+
 /// Builds each epoch's rows from (seed, epoch).
 struct EpochBuilder<'a> {
     config: &'a RunConfig,
     train: &'a SplitRows,
     sampler: Option<AnySampler>,
+    item_q: ItemQ,
     exclude: Option<UserItems>,
     /// Positive train rows (label 1) for the pairwise and softmax losses.
     positives: Vec<usize>,
@@ -1042,21 +1052,72 @@ impl<'a> EpochBuilder<'a> {
         } else {
             train.labels.iter().map(|&l| f32::from(l.min(1))).collect()
         };
-        let positives = labels
+        let positives: Vec<usize> = labels
             .iter()
             .enumerate()
             .filter(|(_, l)| **l != 0.0)
             .map(|(i, _)| i)
             .collect();
+        let loss = &config.loss;
+        let sampler_q = || {
+            sampler
+                .as_ref()
+                .map(|s| (0..n_items as u32).map(|i| s.probability(i)).collect())
+        };
+        let item_q = match (loss.logq_correction, loss.kind) {
+            (false, _) => ItemQ {
+                batch: None,
+                sampler: None,
+            },
+            (true, LossKind::InBatchSoftmax) => {
+                let mut counts = vec![0f64; n_items];
+                for &row in &positives {
+                    counts[train.items[row] as usize] += 1.0;
+                }
+                let total = counts.iter().sum::<f64>().max(1.0);
+                ItemQ {
+                    batch: Some(counts.iter().map(|c| c / total).collect()),
+                    sampler: (loss.shared_negatives > 0).then(sampler_q).flatten(),
+                }
+            }
+            (true, _) => ItemQ {
+                batch: None,
+                sampler: sampler_q(),
+            },
+        };
         Ok(Self {
             config,
             train,
             sampler,
+            item_q,
             exclude,
             positives,
             labels,
             n_users: prepared.users.rows() as u32,
         })
+    }
+
+    /// `per_user` sampled negatives for each of `users`, without their train items when
+    /// `sampler.exclude_positives`.
+    fn draw(
+        &self,
+        sampler: &AnySampler,
+        users: &[u32],
+        per_user: usize,
+        epoch: usize,
+    ) -> Result<Vec<u32>, TrainError> {
+        let mut negatives = vec![0u32; users.len() * per_user];
+        fill_negatives(
+            sampler,
+            users,
+            per_user,
+            self.exclude.as_ref(),
+            derive_seed(self.config.train.seed, epoch, STREAM_NEGATIVE_ITEMS, 0),
+            epoch as u64,
+            &mut negatives,
+        )
+        .map_err(sampler_error)?;
+        Ok(negatives)
     }
 
     fn rows(&self, epoch: usize) -> Result<EpochRows, TrainError> {
@@ -1077,17 +1138,7 @@ impl<'a> EpochBuilder<'a> {
                     StdRng::seed_from_u64(derive_seed(seed, epoch, STREAM_NEGATIVE_USERS, 0));
                 let negative_users: Vec<u32> =
                     (0..n).map(|_| rng.random_range(0..self.n_users)).collect();
-                let mut negative_items = vec![0u32; n];
-                fill_negatives(
-                    sampler,
-                    &negative_users,
-                    1,
-                    self.exclude.as_ref(),
-                    derive_seed(seed, epoch, STREAM_NEGATIVE_ITEMS, 0),
-                    epoch as u64,
-                    &mut negative_items,
-                )
-                .map_err(sampler_error)?;
+                let negative_items = self.draw(sampler, &negative_users, 1, epoch)?;
                 users.extend_from_slice(&negative_users);
                 items.extend_from_slice(&negative_items);
                 labels.resize(users.len(), 0.0);
@@ -1112,36 +1163,22 @@ impl<'a> EpochBuilder<'a> {
                 .collect();
             let (negatives, k) = match (&self.sampler, self.config.loss.kind) {
                 (Some(sampler), LossKind::Bpr | LossKind::SampledSoftmax) => {
-                    let mut negatives = vec![0u32; users.len() * k];
-                    fill_negatives(
-                        sampler,
-                        &users,
-                        k,
-                        self.exclude.as_ref(),
-                        derive_seed(seed, epoch, STREAM_NEGATIVE_ITEMS, 0),
-                        epoch as u64,
-                        &mut negatives,
-                    )
-                    .map_err(sampler_error)?;
-                    (negatives, k)
+                    (self.draw(sampler, &users, k, epoch)?, k)
                 }
                 (Some(sampler), LossKind::InBatchSoftmax)
                     if self.config.loss.shared_negatives > 0 =>
                 {
-                    // One draw of K items per batch, shared by its rows (no per-user exclusion).
+                    // K items per batch, shared by its rows (no per-user exclusion).
                     let shared = self.config.loss.shared_negatives;
                     let batches = users.len().div_ceil(self.config.train.batch_size);
-                    let mut negatives = vec![0u32; batches * shared];
-                    fill_negatives(
-                        sampler,
-                        &vec![0; batches],
-                        shared,
-                        None,
+                    let mut rng = chunk_rng(
                         derive_seed(seed, epoch, STREAM_SHARED_NEGATIVES, 0),
                         epoch as u64,
-                        &mut negatives,
-                    )
-                    .map_err(sampler_error)?;
+                        0,
+                    );
+                    let negatives = (0..batches * shared)
+                        .map(|_| sampler.sample(&mut rng))
+                        .collect();
                     (negatives, 0)
                 }
                 _ => (Vec::new(), 0),
@@ -1175,17 +1212,16 @@ impl<'a> EpochBuilder<'a> {
     }
 }
 
-/// ln q(item) for the log-Q correction: the sampler's probability for sampled softmax; for
-/// in-batch softmax, the item's share of the positive train rows (the batch's own sampling).
+/// ln q(item) of each of `items` for the log-Q correction (see [`ItemQ`]), as a `shape` tensor.
 fn log_q(
-    probabilities: &[f64],
     items: &[u32],
     shape: &[usize],
+    q: impl Fn(usize) -> f64,
     device: &Device,
 ) -> Result<Tensor, TrainError> {
     let values: Vec<f32> = items
         .iter()
-        .map(|&i| probabilities[i as usize].max(1e-12).ln() as f32)
+        .map(|&i| q(i as usize).max(1e-12).ln() as f32)
         .collect();
     Tensor::from_vec(values, shape, device).map_err(TrainError::tensor("building log-Q"))
 }
@@ -1198,6 +1234,7 @@ fn run_epoch(
     model: &Dssm,
     optimizer: &mut Optimizer,
     rows: &EpochRows,
+    item_q: &ItemQ,
     epoch: usize,
     state: &mut TrainState,
     options: &TrainOptions,
@@ -1220,49 +1257,11 @@ fn run_epoch(
     } else {
         ProgressBar::hidden()
     };
-    // q(item) for log-Q: in-batch uses positive-row frequencies, sampled softmax the sampler;
-    // in-batch with shared negatives both (`sampler_q`).
-    let n_items = prepared.items.rows();
-    let sampler_probabilities = || -> Result<Vec<f64>, TrainError> {
-        let counts = &prepared.dataset.items.train_count;
-        let sampler: AnySampler = match config.sampler.strategy {
-            SamplerStrategy::Uniform | SamplerStrategy::None => {
-                AnySampler::Uniform(UniformSampler::new(n_items).map_err(sampler_error)?)
-            }
-            SamplerStrategy::Popularity => AnySampler::Popularity(
-                PopularitySampler::builder()
-                    .alpha(config.sampler.alpha)
-                    .build(counts)
-                    .map_err(sampler_error)?,
-            ),
-        };
-        Ok((0..n_items as u32)
-            .map(|i| sampler.probability(i))
-            .collect())
-    };
     let shared = if config.loss.kind == LossKind::InBatchSoftmax {
         config.loss.shared_negatives
     } else {
         0
     };
-    let (probabilities, sampler_q): (Option<Vec<f64>>, Option<Vec<f64>>) =
-        if config.loss.logq_correction {
-            match config.loss.kind {
-                LossKind::InBatchSoftmax => {
-                    let mut counts = vec![0f64; n_items];
-                    for &i in &rows.items {
-                        counts[i as usize] += 1.0;
-                    }
-                    let total: f64 = counts.iter().sum::<f64>().max(1.0);
-                    let batch_q = counts.iter().map(|c| c / total).collect();
-                    let sampler_q = (shared > 0).then(sampler_probabilities).transpose()?;
-                    (Some(batch_q), sampler_q)
-                }
-                _ => (Some(sampler_probabilities()?), None),
-            }
-        } else {
-            (None, None)
-        };
     let (mut user_buffers, mut item_buffers) = (GatherBuffers::default(), GatherBuffers::default());
     let mut item_rows: Vec<u32> = Vec::new();
     let mut total_loss = 0.0f64;
@@ -1305,15 +1304,15 @@ fn run_epoch(
                     .batch(mc, &item_rows, &mut item_buffers, device)?;
                 let (u, v) = encode_towers(model, &users, &items, dropout_seed)?;
                 let scores = model.score_matrix(&u, &v).map_err(TrainError::model)?;
-                let q = match (&probabilities, &sampler_q) {
-                    (Some(p), None) => Some(log_q(p, &item_rows, &[item_rows.len()], device)?),
+                let columns = [item_rows.len()];
+                let q = match (&item_q.batch, &item_q.sampler) {
                     // Mixed: a column's q is its expected count in the batch.
                     (Some(p), Some(ps)) => {
-                        let expected: Vec<f64> = (0..n_items)
-                            .map(|i| b as f64 * p[i] + shared as f64 * ps[i])
-                            .collect();
-                        Some(log_q(&expected, &item_rows, &[item_rows.len()], device)?)
+                        let (rows, shared) = (b as f64, shared as f64);
+                        let expected = |i: usize| rows * p[i] + shared * ps[i];
+                        Some(log_q(&item_rows, &columns, expected, device)?)
                     }
+                    (Some(p), None) => Some(log_q(&item_rows, &columns, |i| p[i], device)?),
                     _ => None,
                 };
                 crate::loss::in_batch_softmax(
@@ -1352,13 +1351,14 @@ fn run_epoch(
                     if config.loss.kind == LossKind::Bpr {
                         crate::loss::bpr(&pos, &neg)
                     } else {
-                        let q = match &probabilities {
+                        let q = match &item_q.sampler {
                             Some(p) => {
-                                let qp = log_q(p, &rows.items[start..end], &[b], device)
+                                let positives = &rows.items[start..end];
+                                let negatives = &rows.negatives[start * k..end * k];
+                                let qp = log_q(positives, &[b], |i| p[i], device)
                                     .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                                let qn =
-                                    log_q(p, &rows.negatives[start * k..end * k], &[b, k], device)
-                                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                                let qn = log_q(negatives, &[b, k], |i| p[i], device)
+                                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                                 Some((qp, qn))
                             }
                             None => None,
