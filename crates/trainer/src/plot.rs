@@ -1,5 +1,7 @@
 //! `training.svg`: training loss and validation metrics by epoch (plotters, SVG backend).
 
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::report::EpochRecord;
@@ -22,19 +24,8 @@ pub fn training_svg(records: &[EpochRecord]) -> Result<String, String> {
             .filter(|r| r.train_loss.is_finite())
             .map(|r| (r.epoch as f64, r.train_loss))
             .collect();
-        let (low, high) = range(losses.iter().map(|p| p.1));
-        let mut chart = ChartBuilder::on(&left)
-            .caption("training loss", ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.5f64..last_epoch as f64 + 0.5, low..high)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let values = range(losses.iter().map(|p| p.1));
+        let mut chart = epoch_chart(&left, "training loss", last_epoch, values)?;
         chart
             .draw_series(LineSeries::new(losses.iter().copied(), &BLUE))
             .map_err(|e| e.to_string())?;
@@ -51,19 +42,8 @@ pub fn training_svg(records: &[EpochRecord]) -> Result<String, String> {
         series.push(("val HR@50", MAGENTA, pick(|r| r.val_hit_rate)));
         series.push(("val NDCG@50", CYAN, pick(|r| r.val_ndcg)));
         series.retain(|s| !s.2.is_empty());
-        let (low, high) = range(series.iter().flat_map(|s| s.2.iter().map(|p| p.1)));
-        let mut chart = ChartBuilder::on(&right)
-            .caption("validation", ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.5f64..last_epoch as f64 + 0.5, low..high)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let values = range(series.iter().flat_map(|s| s.2.iter().map(|p| p.1)));
+        let mut chart = epoch_chart(&right, "validation", last_epoch, values)?;
         for (name, color, points) in series {
             chart
                 .draw_series(LineSeries::new(points, &color))
@@ -80,6 +60,28 @@ pub fn training_svg(records: &[EpochRecord]) -> Result<String, String> {
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
+}
+
+/// A captioned chart of epochs 1..=`last_epoch` against `(low, high)`, its mesh drawn.
+fn epoch_chart<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    last_epoch: usize,
+    (low, high): (f64, f64),
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.5f64..last_epoch as f64 + 0.5, low..high)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
 }
 
 /// A padded [low, high] range for the values, [0, 1] when there are none.
