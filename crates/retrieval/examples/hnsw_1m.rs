@@ -8,7 +8,7 @@
 //! Data: 64-d rows of low intrinsic dimension (500 clusters in a 16-d latent space mapped linearly to 64-d,
 //! plus small noise), L2-normalised, fixed seed. Queries come from the same distribution.
 use dssm_retrieval::{
-    EmbeddingMatrix, ExactIndex, HnswConfig, HnswIndex, MatrixView, ScoredItem, TopK,
+    EmbeddingMatrix, ExactIndex, HnswConfig, HnswIndex, MatrixView, TopK, recall_at_k,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -34,22 +34,6 @@ fn rows(rng: &mut StdRng, map: &[f32], centers: &[f32], n: usize) -> Vec<f32> {
         out.extend(row.iter().map(|x| x / norm));
     }
     out
-}
-
-fn recall(got: &[Vec<ScoredItem>], truth: &[Vec<ScoredItem>], k: usize) -> f64 {
-    let hits: usize = got
-        .iter()
-        .zip(truth)
-        .map(|(g, t)| {
-            let mut top: Vec<u32> = t[..k].iter().map(|s| s.id).collect();
-            top.sort_unstable();
-            g.iter()
-                .take(k)
-                .filter(|s| top.binary_search(&s.id).is_ok())
-                .count()
-        })
-        .sum();
-    hits as f64 / (k * truth.len()) as f64
 }
 
 fn main() -> Result<(), dssm_retrieval::Error> {
@@ -101,8 +85,8 @@ fn main() -> Result<(), dssm_retrieval::Error> {
         println!(
             "hnsw ef_search {ef}: {:.0} queries/s (top-100), recall@10 {:.4}, recall@100 {:.4}",
             nq as f64 / s,
-            recall(&got, &truth, 10),
-            recall(&got, &truth, 100)
+            recall_at_k(&got, &truth, 10),
+            recall_at_k(&got, &truth, 100)
         );
     }
     Ok(())

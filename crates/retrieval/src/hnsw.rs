@@ -470,19 +470,6 @@ mod tests {
         out
     }
 
-    fn recall(got: &[Vec<ScoredItem>], truth: &[Vec<ScoredItem>], k: usize) -> f64 {
-        let hits: usize = got
-            .iter()
-            .zip(truth)
-            .map(|(g, t)| {
-                g.iter()
-                    .filter(|s| t[..k].iter().any(|x| x.id == s.id))
-                    .count()
-            })
-            .sum();
-        hits as f64 / (k * truth.len()) as f64
-    }
-
     #[test]
     fn hnsw_recall_save_load_and_exclusions() {
         let mut rng = StdRng::seed_from_u64(11);
@@ -508,7 +495,7 @@ mod tests {
         );
         let truth = exact.top_k(view, 10, None).unwrap();
         let got = index.top_k(view, 10, None).unwrap();
-        let r = recall(&got, &truth, 10);
+        let r = crate::recall_at_k(&got, &truth, 10);
         assert!(r > 0.95, "recall@10 = {r}");
         for row in &got {
             assert!(row.windows(2).all(|w| w[0].score >= w[1].score));

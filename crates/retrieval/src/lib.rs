@@ -51,6 +51,6 @@ pub use hnsw::{HnswConfig, HnswIndex};
 pub use matrix::{EmbeddingMatrix, Exclusions, MatrixView, ScoredItem};
 pub use metrics::{
     MetricsAtK, PROTOCOL_CUTOFFS, PopularityBaseline, ProtocolVariant, RankingReport,
-    rank_of_target,
+    rank_of_target, recall_at_k,
 };
 pub use topk::TopK;

@@ -8,12 +8,42 @@
 //! every metric. All are averaged over users, misses included.
 
 use crate::error::{Error, Result};
-use crate::matrix::Exclusions;
+use crate::matrix::{Exclusions, ScoredItem};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The cut-offs of the `leave-last-out` protocol.
 pub const PROTOCOL_CUTOFFS: [usize; 4] = [10, 20, 50, 100];
+
+/// Recall@K of an approximate search against the exact one, query by query: the share of each
+/// exact top-`k` that the approximate top-`k` also returns, pooled over queries (a query whose
+/// exact list is shorter than `k` counts that many). 1.0 when `exact` holds no items.
+///
+/// ```
+/// use dssm_retrieval::{ScoredItem, recall_at_k};
+/// let item = |id| ScoredItem { id, score: 0.0 };
+/// let exact = vec![vec![item(1), item(2)], vec![item(3), item(4)]];
+/// let approximate = vec![vec![item(2), item(9)], vec![item(4), item(3)]];
+/// assert_eq!(recall_at_k(&approximate, &exact, 2), 0.75);
+/// ```
+pub fn recall_at_k(approximate: &[Vec<ScoredItem>], exact: &[Vec<ScoredItem>], k: usize) -> f64 {
+    let (mut found, mut total) = (0usize, 0usize);
+    for (got, truth) in approximate.iter().zip(exact) {
+        let mut top: Vec<u32> = truth.iter().take(k).map(|s| s.id).collect();
+        top.sort_unstable();
+        total += top.len();
+        found += got
+            .iter()
+            .take(k)
+            .filter(|s| top.binary_search(&s.id).is_ok())
+            .count();
+    }
+    if total == 0 {
+        1.0
+    } else {
+        found as f64 / total as f64
+    }
+}
 
 /// How many candidates rank ahead of `scores[target]`: those with a strictly greater score, plus those
 /// with an equal score at a lower position, leaving out the positions in `excluded` (in any order,
