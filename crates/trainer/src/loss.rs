@@ -88,12 +88,6 @@ pub fn sampled_softmax(
     dssm_model::softmax_cross_entropy(&scores, 1.0 / temperature, offsets.as_ref(), &[], &targets)
 }
 
-/// Mean of -log_softmax(logits)[target] over rows; `logits` [B, C], `targets` [B] u32.
-pub fn softmax_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let targets = targets.to_vec1::<u32>()?;
-    dssm_model::softmax_cross_entropy(logits, 1.0, None, &[], &targets)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ use crate::policy::BestTracker;
 use crate::report::{
     DatasetInfo, EpochRecord, EvalReport, FinalMetrics, RetrievalMetrics, TrainReport,
 };
-use crate::retrieval::{RetrievalSetup, SELECT_CUTOFF, describe};
+use crate::retrieval::{RetrievalSetup, SELECT_CUTOFF, describe, embed_rows};
 use crate::tables::{GatherBuffers, SideTable};
 use dssm_retrieval::{PROTOCOL_CUTOFFS, ProtocolVariant, RankingReport};
 
@@ -102,30 +102,10 @@ impl LoadedRun {
             let newer = item_of_users(&users, &val.users, &val.items);
             table = table.expand(&users, &histories.queries(&users, Some(&newer)));
         }
-        let dim = self.model.config().output_dim();
-        let mut out = Vec::with_capacity(table.rows() * dim);
-        let mut buffers = GatherBuffers::default();
+        let config = self.model.config();
         let rows: Vec<u32> = (0..table.rows() as u32).collect();
-        for chunk in rows.chunks(batch_size.max(1)) {
-            let batch = table.batch(
-                self.model.config(),
-                chunk,
-                &mut buffers,
-                self.model.device(),
-            )?;
-            let embedded = self
-                .model
-                .encode(side, &batch, Mode::Eval)
-                .map_err(TrainError::model)?;
-            out.extend(
-                embedded
-                    .flatten_all()
-                    .and_then(|t| t.to_dtype(candle_core::DType::F32))
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .map_err(TrainError::tensor("reading embeddings"))?,
-            );
-        }
-        Ok((out, dim))
+        let out = embed_rows(&self.model, config, &table, side, &rows, batch_size, false)?;
+        Ok((out, config.output_dim()))
     }
 }
 
