@@ -13,7 +13,8 @@ use dssm_trainer::{RunConfig, Split, TrainOptions, TrainReport};
     after_help = "The config is a TOML file (see configs/); unknown keys are rejected and every value is \
     checked before any work starts.\n\nExamples:\n  \
     dssm train --config configs/quickstart.toml\n  \
-    dssm train --config configs/senet.toml --resume      # continue an interrupted run"
+    dssm train --config configs/senet.toml --resume      # continue an interrupted run\n  \
+    dssm train --config configs/retrieval.toml --set features.history_len=10 --set train.epochs=8"
 )]
 pub struct TrainArgs {
     /// The run config (TOML).
@@ -23,6 +24,11 @@ pub struct TrainArgs {
     /// uninterrupted run with the same seed.
     #[arg(long)]
     pub resume: bool,
+    /// Change one config value without editing the file, e.g. `--set train.epochs=8` or
+    /// `--set features.history_len=10` (repeatable; the value is TOML, a bare word a string). The
+    /// run folder's config.toml records the values used.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Train on this dataset folder instead of the config's `data.path` (it must have the same protocol).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
@@ -50,7 +56,7 @@ pub struct EvalArgs {
 
 /// Runs `train` and prints the final figures.
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
-    let mut config = RunConfig::from_file(&args.config)
+    let mut config = RunConfig::from_file_with_overrides(&args.config, &args.set)
         .with_context(|| format!("invalid run config {}", args.config.display()))?;
     if let Some(data) = &args.data {
         config.data.path = data.clone();

@@ -40,6 +40,14 @@ pub enum ConfigError {
         /// The parser's message, which names the offending key or value and the allowed ones.
         message: String,
     },
+    /// A `--set KEY=VALUE` override could not be applied.
+    #[error("cannot apply --set {setting:?}: {problem}")]
+    Override {
+        /// The override as given.
+        setting: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A value parsed but is out of range or inconsistent with another value.
     #[error("invalid value {value} for `{key}`: expected {expected}")]
     Invalid {
@@ -571,10 +579,53 @@ fn key_path_at(text: &str, offset: usize) -> (String, usize, usize) {
 impl RunConfig {
     /// Reads and checks a TOML file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        Self::from_file_with_overrides(path, &[])
+    }
+
+    /// Reads a config file and changes some of its values before the checks (what
+    /// `dssm train --set` does): each override is `dotted.key=value`, the value in TOML syntax
+    /// (`8`, `0.1`, `true`, `[64, 32]`, `"uniform"`; a bare word is taken as a string). Missing
+    /// tables are created; the result is checked like a file.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("run.toml");
+    /// # std::fs::write(&path, "[data]\npath = \"d\"\n[output]\ndir = \"r\"\n").unwrap();
+    /// use dssm_trainer::RunConfig;
+    /// let config = RunConfig::from_file_with_overrides(
+    ///     &path,
+    ///     &["train.epochs=3".to_string(), "sampler.strategy=uniform".to_string()],
+    /// )?;
+    /// assert_eq!(config.train.epochs, 3);
+    /// # Ok::<(), dssm_trainer::config::ConfigError>(())
+    /// ```
+    pub fn from_file_with_overrides(
+        path: impl AsRef<Path>,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        })?;
+        if overrides.is_empty() {
+            return Self::parse(&text, path);
+        }
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|err: toml::de::Error| ConfigError::Override {
+                    setting: String::new(),
+                    problem: err.message().to_string(),
+                })?;
+        for setting in overrides {
+            set_dotted(&mut table, setting).map_err(|problem| ConfigError::Override {
+                setting: setting.clone(),
+                problem,
+            })?;
+        }
+        let text = toml::to_string(&table).map_err(|err| ConfigError::Override {
+            setting: overrides.join(" "),
+            problem: err.to_string(),
         })?;
         Self::parse(&text, path)
     }
@@ -813,6 +864,38 @@ fn positive_finite(key: &str, value: f64) -> Result<(), ConfigError> {
     }
 }
 
+/// Applies one `dotted.key=value` override to a TOML table (see
+/// [`RunConfig::from_file_with_overrides`]).
+fn set_dotted(table: &mut toml::Table, setting: &str) -> Result<(), String> {
+    let (key, raw) = setting
+        .split_once('=')
+        .ok_or_else(|| "expected KEY=VALUE, e.g. train.epochs=8".to_string())?;
+    let (key, raw) = (key.trim(), raw.trim());
+    let value = match toml::from_str::<toml::Table>(&format!("value = {raw}")) {
+        Ok(mut parsed) => parsed
+            .remove("value")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| "an empty key".to_string())?;
+    let mut current = table;
+    for part in parts {
+        current = match current
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("`{part}` in `{key}` is a value, not a table")),
+        };
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
 fn valid_device(device: &str) -> bool {
     device == "cpu"
         || device == "cuda"
@@ -976,6 +1059,37 @@ dir = "runs/x"
             RunConfig::from_toml_str(&ok).unwrap().features.recent_len,
             4
         );
+    }
+
+    #[test]
+    fn overrides_change_values_create_tables_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let set = |settings: &[&str]| {
+            let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+            RunConfig::from_file_with_overrides(&path, &settings)
+        };
+        let config = set(&[
+            "train.epochs = 3",
+            "optimizer.lr=0.01",
+            "sampler.strategy=uniform",
+            "model.user_tower.hidden=[64, 32]",
+            "schedule.step_size=2",
+        ])
+        .unwrap();
+        assert_eq!(config.train.epochs, 3);
+        assert_eq!(config.optimizer.lr, 0.01);
+        assert_eq!(config.sampler.strategy, SamplerStrategy::Uniform);
+        assert_eq!(config.model.user_tower.hidden, [64, 32]);
+        assert_eq!(config.schedule.step_size, 2);
+        // Everything else is the file's.
+        assert_eq!(config.features, set(&[]).unwrap().features);
+        let message = |settings: &[&str]| set(settings).unwrap_err().to_string();
+        assert!(message(&["train.epochs"]).contains("KEY=VALUE"));
+        assert!(message(&["train.epochs.x=1"]).contains("not a table"));
+        assert!(message(&["train.epochs=0"]).contains("train.epochs"));
+        assert!(message(&["train.epoch=3"]).contains("epoch"));
     }
 
     #[test]
