@@ -1446,18 +1446,28 @@ mod tests {
     use dssm_data::{DatasetKind, PrepareRequest, Source, SyntheticConfig};
     use dssm_model::FeatureKind;
 
-    fn synthetic_dataset(dir: &Path) -> PathBuf {
+    /// A prepared synthetic dataset folder under `dir`, split by `protocol`.
+    fn prepared_synthetic(
+        dir: &Path,
+        protocol: dssm_data::Protocol,
+        (users, items, ratings): (u32, u32, u64),
+    ) -> PathBuf {
         let synthetic = SyntheticConfig {
-            users: 300,
-            items: 200,
-            ratings: 15_000,
+            users,
+            items,
+            ratings,
             ..SyntheticConfig::default()
         };
-        let out = dir.join("synthetic-seed");
-        let request =
+        let out = dir.join(format!("synthetic-{}", protocol.name()));
+        let mut request =
             PrepareRequest::new(Source::Synthetic(synthetic), DatasetKind::Synthetic, &out);
+        request.protocol = protocol;
         dssm_data::prepare(&request, &|_| {}).unwrap();
         out
+    }
+
+    fn synthetic_dataset(dir: &Path) -> PathBuf {
+        prepared_synthetic(dir, dssm_data::Protocol::Seed, (300, 200, 15_000))
     }
 
     fn small_config(data: &Path, out: &Path) -> RunConfig {
@@ -1576,18 +1586,7 @@ dir = {out:?}
     }
 
     fn leave_last_out_dataset(dir: &Path) -> PathBuf {
-        let synthetic = SyntheticConfig {
-            users: 400,
-            items: 300,
-            ratings: 20_000,
-            ..SyntheticConfig::default()
-        };
-        let out = dir.join("synthetic-leave-last-out");
-        let mut request =
-            PrepareRequest::new(Source::Synthetic(synthetic), DatasetKind::Synthetic, &out);
-        request.protocol = dssm_data::Protocol::LeaveLastOut;
-        dssm_data::prepare(&request, &|_| {}).unwrap();
-        out
+        prepared_synthetic(dir, dssm_data::Protocol::LeaveLastOut, (400, 300, 20_000))
     }
 
     fn retrieval_config(data: &Path, out: &Path, loss: &str) -> RunConfig {
