@@ -56,6 +56,14 @@ pub enum ModelError {
         /// What was expected and what was found.
         problem: String,
     },
+    /// A part of the library cannot run this configuration.
+    #[error("{what} does not support {problem}")]
+    Unsupported {
+        /// The part (e.g. `the CPU engine`).
+        what: &'static str,
+        /// What it cannot run.
+        problem: String,
+    },
     /// A device specification could not be honoured.
     #[error("cannot use device `{spec}`: {problem}")]
     Device {

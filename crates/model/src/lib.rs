@@ -50,6 +50,8 @@
 
 mod batch;
 mod config;
+mod dropout;
+pub mod engine;
 mod error;
 mod model;
 mod ops;

@@ -10,6 +10,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::batch::SideBatch;
 use crate::config::{FeatureKind, ModelConfig, Pooling, Side, Similarity, Squeeze, Temperature};
+use crate::dropout::dropout_mask;
 use crate::error::ModelError;
 use crate::ops::{Act, bias_act};
 
@@ -508,47 +509,6 @@ impl Tower {
 
 fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_div(&(x.sqr()?.sum_keepdim(1)? + COSINE_EPS)?.sqrt()?)
-}
-
-/// SplitMix64: a tiny, fast, fixed generator for dropout masks (stable across crate versions).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-/// Inverted-dropout mask: each value is 0 with probability `p` (quantised to 1/65536), else `1 / (1 - p)`.
-/// The stream depends on the step seed, the side and the layer only.
-pub(crate) fn dropout_mask(seed: u64, side: Side, layer: usize, len: usize, p: f32) -> Vec<f32> {
-    let side_key: u64 = match side {
-        Side::User => 0x5553_4552,
-        Side::Item => 0x4954_454D,
-    };
-    let mut key = SplitMix64(
-        seed ^ side_key.rotate_left(32) ^ (layer as u64).wrapping_mul(0xA24B_AED4_963E_E407),
-    );
-    let mut rng = SplitMix64(key.next());
-    let threshold = (p as f64 * 65536.0).round() as u64;
-    let keep = (1.0 / (1.0 - p as f64)) as f32;
-    let mut mask = vec![0f32; len.div_ceil(4) * 4];
-    for chunk in mask.chunks_exact_mut(4) {
-        let bits = rng.next();
-        for (k, m) in chunk.iter_mut().enumerate() {
-            *m = if (bits >> (16 * k)) & 0xFFFF >= threshold {
-                keep
-            } else {
-                0.0
-            };
-        }
-    }
-    mask.truncate(len);
-    mask
 }
 
 impl Dssm {

@@ -38,7 +38,7 @@ const GELU_C: f64 = 0.044_715;
 macro_rules! act_impl {
     ($t:ty, $fwd:ident, $bwd:ident) => {
         #[inline(always)]
-        fn $fwd(act: Act, z: $t) -> $t {
+        pub(crate) fn $fwd(act: Act, z: $t) -> $t {
             match act {
                 Act::Identity => z,
                 Act::Relu => z.max(0.0),
@@ -59,7 +59,7 @@ macro_rules! act_impl {
 
         /// Derivative of the activation at `z`.
         #[inline(always)]
-        fn $bwd(act: Act, z: $t) -> $t {
+        pub(crate) fn $bwd(act: Act, z: $t) -> $t {
             match act {
                 Act::Identity => 1.0,
                 Act::Relu => {

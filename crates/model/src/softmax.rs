@@ -66,7 +66,7 @@ pub fn softmax_cross_entropy(
         };
         let mut by_row: Vec<(u32, u32)> = excluded.to_vec();
         by_row.sort_unstable();
-        let op = SoftmaxXent(Arc::new(Inner {
+        let op = SoftmaxXent(Arc::new(SoftmaxRows {
             scale: scale as f32,
             columns,
             offsets,
@@ -116,21 +116,23 @@ pub fn softmax_cross_entropy_unfused(
     log_probabilities.gather(&targets, 1)?.neg()?.mean_all()
 }
 
-struct Inner {
-    scale: f32,
-    columns: usize,
-    offsets: Option<Vec<f32>>,
-    per_entry: bool,
+/// A batch's softmax rows: scale, offsets, excluded entries and targets (the CPU engine uses
+/// them too).
+pub(crate) struct SoftmaxRows {
+    pub(crate) scale: f32,
+    pub(crate) columns: usize,
+    pub(crate) offsets: Option<Vec<f32>>,
+    pub(crate) per_entry: bool,
     /// (row, column) pairs left out of the softmax, sorted.
-    excluded: Vec<(u32, u32)>,
-    targets: Vec<u32>,
+    pub(crate) excluded: Vec<(u32, u32)>,
+    pub(crate) targets: Vec<u32>,
     /// Per-row log-sum-exp of the forward pass, reused by the backward.
-    log_sum_exp: Mutex<Vec<f32>>,
+    pub(crate) log_sum_exp: Mutex<Vec<f32>>,
 }
 
-impl Inner {
+impl SoftmaxRows {
     /// Row `i`'s logits into `z` (excluded entries at -inf).
-    fn logits(&self, i: usize, scores: &[f32], z: &mut [f32]) {
+    pub(crate) fn logits(&self, i: usize, scores: &[f32], z: &mut [f32]) {
         let c = self.columns;
         match (&self.offsets, self.per_entry) {
             (None, _) => z
@@ -158,7 +160,7 @@ impl Inner {
     }
 }
 
-struct SoftmaxXent(Arc<Inner>);
+struct SoftmaxXent(Arc<SoftmaxRows>);
 
 impl CustomOp1 for SoftmaxXent {
     fn name(&self) -> &'static str {
@@ -208,7 +210,7 @@ impl CustomOp1 for SoftmaxXent {
 }
 
 /// `grad * scale * (softmax - onehot(target)) / B`, zero at excluded entries.
-struct SoftmaxXentBackward(Arc<Inner>);
+struct SoftmaxXentBackward(Arc<SoftmaxRows>);
 
 impl CustomOp2 for SoftmaxXentBackward {
     fn name(&self) -> &'static str {

@@ -535,18 +535,18 @@ fn seeds_fix_weights_and_dropout_masks() {
         to_vec(&b.encode_users(&u, Mode::Eval).unwrap())
     );
 
-    let m1 = crate::model::dropout_mask(9, Side::User, 0, 100_000, 0.2);
+    let m1 = crate::dropout::dropout_mask(9, Side::User, 0, 100_000, 0.2);
     assert_eq!(
         m1,
-        crate::model::dropout_mask(9, Side::User, 0, 100_000, 0.2)
+        crate::dropout::dropout_mask(9, Side::User, 0, 100_000, 0.2)
     );
     assert_ne!(
         m1,
-        crate::model::dropout_mask(9, Side::Item, 0, 100_000, 0.2)
+        crate::dropout::dropout_mask(9, Side::Item, 0, 100_000, 0.2)
     );
     assert_ne!(
         m1,
-        crate::model::dropout_mask(9, Side::User, 1, 100_000, 0.2)
+        crate::dropout::dropout_mask(9, Side::User, 1, 100_000, 0.2)
     );
     let dropped = m1.iter().filter(|&&m| m == 0.0).count() as f64 / m1.len() as f64;
     assert!((dropped - 0.2).abs() < 0.01, "dropped fraction {dropped}");
