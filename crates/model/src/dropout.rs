@@ -41,19 +41,86 @@ pub(crate) fn dropout_mask_range(
     p: f32,
     out: &mut [f32],
 ) {
-    let s0 = stream_start(seed, side, layer);
-    let threshold = (p as f64 * 65536.0).round() as u64;
-    let keep = (1.0 / (1.0 - p as f64)) as f32;
-    for (k, m) in out.iter_mut().enumerate() {
-        let index = start + k;
-        let draw = (index / 4) as u64 + 1;
-        let bits = mix(s0.wrapping_add(draw.wrapping_mul(GOLDEN_GAMMA)));
-        *m = if (bits >> (16 * (index % 4))) & 0xFFFF >= threshold {
-            keep
+    let rule = Rule {
+        s0: stream_start(seed, side, layer),
+        threshold: (p as f64 * 65536.0).round() as u64,
+        keep: (1.0 / (1.0 - p as f64)) as f32,
+    };
+    // Values up to the first whole draw, the whole draws, then the rest.
+    let head = ((4 - start % 4) % 4).min(out.len());
+    let (first, rest) = out.split_at_mut(head);
+    rule.values(start, first);
+    let whole = rest.len() / 4 * 4;
+    let (body, tail) = rest.split_at_mut(whole);
+    whole_draws(&rule, (start + head) / 4, body);
+    rule.values(start + head + whole, tail);
+}
+
+/// One mask's stream and its keep/drop rule.
+struct Rule {
+    s0: u64,
+    threshold: u64,
+    keep: f32,
+}
+
+impl Rule {
+    #[inline(always)]
+    fn draw(&self, c: u64) -> u64 {
+        mix(self.s0.wrapping_add((c + 1).wrapping_mul(GOLDEN_GAMMA)))
+    }
+
+    #[inline(always)]
+    fn value(&self, bits: u64, k: usize) -> f32 {
+        if (bits >> (16 * k)) & 0xFFFF >= self.threshold {
+            self.keep
         } else {
             0.0
-        };
+        }
     }
+
+    /// Values `start..start + out.len()`, one at a time.
+    fn values(&self, start: usize, out: &mut [f32]) {
+        for (k, m) in out.iter_mut().enumerate() {
+            let index = start + k;
+            *m = self.value(self.draw((index / 4) as u64), index % 4);
+        }
+    }
+}
+
+/// Four values per draw from draw `first` on (`out.len()` a multiple of 4); vectorised with
+/// AVX-512 (64-bit multiplies) or AVX2 when the CPU has them.
+fn whole_draws(rule: &Rule, first: usize, out: &mut [f32]) {
+    #[inline(always)]
+    fn body(rule: &Rule, first: usize, out: &mut [f32]) {
+        for (c, chunk) in out.chunks_exact_mut(4).enumerate() {
+            let bits = rule.draw((first + c) as u64);
+            for (k, m) in chunk.iter_mut().enumerate() {
+                *m = rule.value(bits, k);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+        unsafe fn avx512(rule: &Rule, first: usize, out: &mut [f32]) {
+            body(rule, first, out)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(rule: &Rule, first: usize, out: &mut [f32]) {
+            body(rule, first, out)
+        }
+        if std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU has the features `avx512` was compiled for.
+            return unsafe { avx512(rule, first, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above, for `avx2`.
+            return unsafe { avx2(rule, first, out) };
+        }
+    }
+    body(rule, first, out)
 }
 
 #[cfg(test)]

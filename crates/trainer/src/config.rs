@@ -476,6 +476,20 @@ impl SelectMetric {
     }
 }
 
+/// Which code runs the training steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// `fused` when the device, model and loss allow it, `candle` otherwise.
+    Auto,
+    /// dssm-model's CPU engine (`dssm_model::engine`): no autograd graph, shards over the
+    /// threads. CPU, f32, (multi-)categorical features, BCE or in-batch softmax; anything else is
+    /// an error.
+    Fused,
+    /// Candle's autograd, on any device: the GPU path and the reference the engine is tested against.
+    Candle,
+}
+
 /// `[train]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -494,8 +508,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`. Default `cpu`.
     pub device: String,
-    /// Threads of rayon's global pool (Candle's CPU kernels); 0 keeps rayon's default. Default 0.
+    /// Threads of rayon's global pool (the engine's shards, Candle's CPU kernels); 0 keeps
+    /// rayon's default (one per core). Default 0. Results do not depend on it.
     pub threads: usize,
+    /// Which code trains. Default `auto`. Both give the same results up to float rounding.
+    pub engine: EngineKind,
     /// Rows per evaluation batch. Default 8192.
     pub eval_batch_size: usize,
 }
@@ -511,6 +528,7 @@ impl Default for TrainConfig {
             seed: 42,
             device: "cpu".to_string(),
             threads: 0,
+            engine: EngineKind::Auto,
             eval_batch_size: 8192,
         }
     }

@@ -63,6 +63,7 @@
 
 pub mod config;
 mod error;
+mod fused;
 mod history;
 pub mod loss;
 pub mod metrics;

@@ -48,24 +48,35 @@ pub fn in_batch_softmax(
     item_ids: Option<&[u32]>,
 ) -> Result<Tensor> {
     let batch = scores.dim(0)?;
-    let mut excluded: Vec<(u32, u32)> = Vec::new();
-    if let Some(ids) = item_ids {
-        // Group the columns by item (sort, then runs of equal ids): only items that occur more
-        // than once in the batch need masking.
-        let columns = scores.dim(1)?.min(ids.len());
-        let mut order: Vec<u32> = (0..columns as u32).collect();
-        order.sort_unstable_by_key(|&i| ids[i as usize]);
-        for group in order.chunk_by(|&a, &b| ids[a as usize] == ids[b as usize]) {
-            if group.len() < 2 {
-                continue;
-            }
-            for &i in group.iter().filter(|&&i| (i as usize) < batch) {
-                excluded.extend(group.iter().filter(|&&j| j != i).map(|&j| (i, j)));
-            }
-        }
-    }
+    let excluded = match item_ids {
+        Some(ids) => accidental_hits(&ids[..scores.dim(1)?.min(ids.len())], batch),
+        None => Vec::new(),
+    };
     let targets: Vec<u32> = (0..batch as u32).collect();
     dssm_model::softmax_cross_entropy(scores, 1.0 / temperature, log_q, &excluded, &targets)
+}
+
+/// The accidental hits of an in-batch softmax whose column `j` holds item `item_ids[j]` and whose
+/// row `i < rows` targets column `i`: every `(i, j)`, `j != i`, where column `j` holds row `i`'s
+/// item. Only items that occur more than once need masking (sort, then runs of equal ids).
+///
+/// ```
+/// let hits = dssm_trainer::loss::accidental_hits(&[5, 6, 5, 9], 2);
+/// assert_eq!(hits, [(0, 2)]);
+/// ```
+pub fn accidental_hits(item_ids: &[u32], rows: usize) -> Vec<(u32, u32)> {
+    let mut excluded = Vec::new();
+    let mut order: Vec<u32> = (0..item_ids.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| item_ids[i as usize]);
+    for group in order.chunk_by(|&a, &b| item_ids[a as usize] == item_ids[b as usize]) {
+        if group.len() < 2 {
+            continue;
+        }
+        for &i in group.iter().filter(|&&i| (i as usize) < rows) {
+            excluded.extend(group.iter().filter(|&&j| j != i).map(|&j| (i, j)));
+        }
+    }
+    excluded
 }
 
 /// Mean sampled-softmax cross-entropy: each row's logits are [positive, negatives...] divided by

@@ -47,6 +47,80 @@ pub struct Optimizer {
     steps: u64,
 }
 
+/// One step's update of a variable, the same for the Candle and the flat path.
+struct UpdateRule {
+    kind: OptimizerKind,
+    lr: f32,
+    weight_decay: f32,
+    momentum: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    /// Adam's bias corrections `1 - beta1^t` and `sqrt(1 - beta2^t)`.
+    bias1: f32,
+    bias2_sqrt: f32,
+}
+
+impl UpdateRule {
+    fn new(c: &OptimizerConfig, steps: u64, lr: f64) -> Self {
+        let t = steps as i32;
+        UpdateRule {
+            kind: c.kind,
+            lr: lr as f32,
+            weight_decay: c.weight_decay as f32,
+            momentum: c.momentum as f32,
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            eps: c.eps as f32,
+            bias1: (1.0 - c.beta1.powi(t)) as f32,
+            bias2_sqrt: ((1.0 - c.beta2.powi(t)) as f32).sqrt(),
+        }
+    }
+
+    /// Updates `theta` from `grad` and the state buffers (`second` is empty unless Adam).
+    fn apply(&self, theta: &mut [f32], grad: &[f32], first: &mut [f32], second: &mut [f32]) {
+        let (lr, wd) = (self.lr, self.weight_decay);
+        match self.kind {
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let decoupled = self.kind == OptimizerKind::Adamw;
+                let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+                for (((t, &g), m), v) in theta.iter_mut().zip(grad).zip(first).zip(second) {
+                    let g = if decoupled {
+                        *t -= lr * wd * *t;
+                        g
+                    } else {
+                        g + wd * *t
+                    };
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    let m_hat = *m / self.bias1;
+                    let v_hat_sqrt = v.sqrt() / self.bias2_sqrt;
+                    *t -= lr * m_hat / (v_hat_sqrt + eps);
+                }
+            }
+            OptimizerKind::Sgd => {
+                for ((t, &g), buffer) in theta.iter_mut().zip(grad).zip(first) {
+                    let g = g + wd * *t;
+                    let update = if self.momentum > 0.0 {
+                        *buffer = self.momentum * *buffer + g;
+                        *buffer
+                    } else {
+                        g
+                    };
+                    *t -= lr * update;
+                }
+            }
+            OptimizerKind::Adagrad => {
+                for ((t, &g), sum) in theta.iter_mut().zip(grad).zip(first) {
+                    let g = g + wd * *t;
+                    *sum += g * g;
+                    *t -= lr * g / (sum.sqrt() + self.eps);
+                }
+            }
+        }
+    }
+}
+
 /// The scalar part of the optimizer state (the buffers go to safetensors).
 #[derive(Debug, Serialize, Deserialize)]
 struct OptimizerMeta {
@@ -115,12 +189,7 @@ impl Optimizer {
     /// (their state does not decay).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> candle_core::Result<()> {
         self.steps += 1;
-        let c = &self.config;
-        let t = self.steps as i32;
-        let (b1, b2) = (c.beta1, c.beta2);
-        let bias1 = 1.0 - b1.powi(t);
-        let bias2 = 1.0 - b2.powi(t);
-        let wd = c.weight_decay as f32;
+        let rule = UpdateRule::new(&self.config, self.steps, lr);
         for param in &mut self.params {
             let Some(grad) = grads.get(param.var.as_tensor()) else {
                 continue;
@@ -134,54 +203,39 @@ impl Optimizer {
                 .flatten_all()?
                 .to_dtype(candle_core::DType::F32)?
                 .to_vec1::<f32>()?;
-            match c.kind {
-                OptimizerKind::Adam | OptimizerKind::Adamw => {
-                    let decoupled = c.kind == OptimizerKind::Adamw;
-                    let (lr, b1, b2, eps) = (lr as f32, b1 as f32, b2 as f32, c.eps as f32);
-                    let (bias1, bias2_sqrt) = (bias1 as f32, (bias2 as f32).sqrt());
-                    for i in 0..theta.len() {
-                        let mut g = grad[i];
-                        if decoupled {
-                            theta[i] -= lr * wd * theta[i];
-                        } else {
-                            g += wd * theta[i];
-                        }
-                        let m = b1 * param.first[i] + (1.0 - b1) * g;
-                        let v = b2 * param.second[i] + (1.0 - b2) * g * g;
-                        param.first[i] = m;
-                        param.second[i] = v;
-                        let m_hat = m / bias1;
-                        let v_hat_sqrt = v.sqrt() / bias2_sqrt;
-                        theta[i] -= lr * m_hat / (v_hat_sqrt + eps);
-                    }
-                }
-                OptimizerKind::Sgd => {
-                    let (lr, momentum) = (lr as f32, c.momentum as f32);
-                    for i in 0..theta.len() {
-                        let g = grad[i] + wd * theta[i];
-                        let update = if momentum > 0.0 {
-                            let buffer = momentum * param.first[i] + g;
-                            param.first[i] = buffer;
-                            buffer
-                        } else {
-                            g
-                        };
-                        theta[i] -= lr * update;
-                    }
-                }
-                OptimizerKind::Adagrad => {
-                    let (lr, eps) = (lr as f32, c.eps as f32);
-                    for i in 0..theta.len() {
-                        let g = grad[i] + wd * theta[i];
-                        param.first[i] += g * g;
-                        theta[i] -= lr * g / (param.first[i].sqrt() + eps);
-                    }
-                }
-            }
+            rule.apply(&mut theta, &grad, &mut param.first, &mut param.second);
             let updated = Tensor::from_vec(theta, tensor.shape(), &Device::Cpu)?
                 .to_dtype(tensor.dtype())?
                 .to_device(tensor.device())?;
             param.var.set(&updated)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one update to flat buffers: `values` holds every variable one after another in
+    /// the order given to [`Optimizer::new`] (`dssm_model::engine::CpuEngine::params`), `grads`
+    /// their gradients, laid out the same way. The variables themselves are not touched.
+    pub fn step_flat(&mut self, values: &mut [f32], grads: &[f32], lr: f64) -> Result<(), String> {
+        let total: usize = self.params.iter().map(|p| p.first.len()).sum();
+        if values.len() != total || grads.len() != total {
+            return Err(format!(
+                "flat step over {} values and {} gradients for {total} optimized values",
+                values.len(),
+                grads.len()
+            ));
+        }
+        self.steps += 1;
+        let rule = UpdateRule::new(&self.config, self.steps, lr);
+        let mut offset = 0;
+        for param in &mut self.params {
+            let range = offset..offset + param.first.len();
+            rule.apply(
+                &mut values[range.clone()],
+                &grads[range],
+                &mut param.first,
+                &mut param.second,
+            );
+            offset += param.first.len();
         }
         Ok(())
     }

@@ -316,6 +316,21 @@ impl SideTable {
         buffers: &mut GatherBuffers,
         device: &Device,
     ) -> Result<SideBatch, TrainError> {
+        let host: Vec<HostColumn<'_>> = self
+            .gather(rows, buffers)
+            .into_iter()
+            .map(HostColumn::Ids)
+            .collect();
+        SideBatch::from_host(model, self.side, rows.len(), &host, device).map_err(TrainError::model)
+    }
+
+    /// Gathers `rows` into `buffers` (reused across batches): one id slice per column, in tower
+    /// order (categorical: one id per row; multi-categorical: `max_len` per row).
+    pub(crate) fn gather<'b>(
+        &self,
+        rows: &[u32],
+        buffers: &'b mut GatherBuffers,
+    ) -> Vec<&'b [u32]> {
         buffers.columns.resize_with(self.columns.len(), Vec::new);
         for (column, buffer) in self.columns.iter().zip(&mut buffers.columns) {
             buffer.clear();
@@ -329,12 +344,7 @@ impl SideTable {
                 }
             }
         }
-        let host: Vec<HostColumn<'_>> = buffers
-            .columns
-            .iter()
-            .map(|b| HostColumn::Ids(b.as_slice()))
-            .collect();
-        SideBatch::from_host(model, self.side, rows.len(), &host, device).map_err(TrainError::model)
+        buffers.columns.iter().map(Vec::as_slice).collect()
     }
 }
 

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{LossKind, Protocol, RunConfig, SamplerStrategy};
 use crate::error::TrainError;
+use crate::fused::{FusedBatch, FusedBuffers, fused_loss};
 use crate::history::{Histories, TimedRows, item_of_users};
 use crate::metrics::PointwiseMetrics;
 use crate::optim::{Optimizer, learning_rate};
@@ -29,6 +30,7 @@ use crate::report::{
 };
 use crate::retrieval::{RetrievalSetup, SELECT_CUTOFF, describe, embed_rows};
 use crate::tables::{GatherBuffers, SideTable};
+use dssm_model::engine::CpuEngine;
 use dssm_retrieval::{PROTOCOL_CUTOFFS, ProtocolVariant, RankingReport};
 
 /// Options of one [`train`] call that are not part of the run config.
@@ -652,6 +654,15 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
             (model, state)
         }
     };
+    let mut engine = crate::fused::engine_for(config, &model)?;
+    tracing::info!(
+        "training on {}",
+        if engine.is_some() {
+            "the CPU engine"
+        } else {
+            "Candle"
+        }
+    );
     let mut optimizer = Optimizer::new(&config.optimizer, model.named_vars().to_vec());
     if let Some(dir) = &resume_from {
         optimizer.load(dir).map_err(|e| TrainError::Run {
@@ -744,18 +755,28 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
         let epoch = state.epoch; // 0-based index of the epoch being trained
         let epoch_started = Instant::now();
         let rows = trainer.rows(epoch)?;
-        let (loss, steps, lr) = run_epoch(
+        let context = EpochContext {
             config,
-            &prepared,
-            &model,
-            &mut optimizer,
-            &rows,
-            &trainer.item_q,
+            prepared: &prepared,
+            rows: &rows,
+            item_q: &trainer.item_q,
             epoch,
+        };
+        let stepper = match engine.as_mut() {
+            Some(engine) => Stepper::Fused(engine),
+            None => Stepper::Candle(&model),
+        };
+        let (loss, steps, lr) = run_epoch(
+            &context,
+            stepper,
+            &mut optimizer,
             &mut state,
             options,
             &run_dir,
         )?;
+        if let Some(engine) = &engine {
+            engine.store(&model).map_err(TrainError::model)?;
+        }
         let train_seconds = epoch_started.elapsed().as_secs_f64();
         let n_rows = rows.users.len();
         state.train_seconds += train_seconds;
@@ -1206,50 +1227,79 @@ fn log_q(
     Tensor::from_vec(values, shape, device).map_err(TrainError::tensor("building log-Q"))
 }
 
+/// ln q(item) of an in-batch softmax column, for a batch of `rows` rows plus `shared` shared
+/// negatives; `None` without the correction.
+fn in_batch_log_q(item_q: &ItemQ, rows: usize, shared: usize) -> Option<impl Fn(u32) -> f32 + '_> {
+    let batch = item_q.batch.as_ref()?;
+    let sampler = item_q.sampler.as_ref();
+    Some(move |item: u32| {
+        let i = item as usize;
+        // Mixed: a column's q is its expected count in the batch.
+        let q = match sampler {
+            Some(ps) => rows as f64 * batch[i] + shared as f64 * ps[i],
+            None => batch[i],
+        };
+        q.max(1e-12).ln() as f32
+    })
+}
+
+/// How the steps of an epoch are computed: Candle's autograd on the model, or the CPU engine.
+enum Stepper<'a> {
+    Candle(&'a Dssm),
+    Fused(&'a mut CpuEngine),
+}
+
+/// One epoch's steps and what they read.
+struct EpochContext<'a> {
+    config: &'a RunConfig,
+    prepared: &'a Prepared,
+    rows: &'a EpochRows,
+    item_q: &'a ItemQ,
+    epoch: usize,
+}
+
+/// The progress bar of one epoch (hidden unless asked for and stderr is a terminal).
+fn epoch_bar(options: &TrainOptions, rows: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    if !(options.progress && std::io::stderr().is_terminal()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(rows as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("{}/{epochs}", epoch + 1));
+    bar
+}
+
 /// Trains one epoch; returns (mean loss, steps, last learning rate).
 #[allow(clippy::too_many_arguments)]
 fn run_epoch(
-    config: &RunConfig,
-    prepared: &Prepared,
-    model: &Dssm,
+    context: &EpochContext<'_>,
+    mut stepper: Stepper<'_>,
     optimizer: &mut Optimizer,
-    rows: &EpochRows,
-    item_q: &ItemQ,
-    epoch: usize,
     state: &mut TrainState,
     options: &TrainOptions,
     run_dir: &Path,
 ) -> Result<(f64, usize, f64), TrainError> {
+    let EpochContext {
+        config,
+        rows,
+        epoch,
+        ..
+    } = *context;
     let batch_size = config.train.batch_size;
     let n = rows.users.len();
     let steps = n.div_ceil(batch_size);
-    let mc = &prepared.model_config;
-    let device = &prepared.device;
-    let bar = if options.progress && std::io::stderr().is_terminal() {
-        let bar = ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr());
-        if let Ok(style) =
-            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} {msg}")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_prefix(format!("{}/{}", epoch + 1, config.train.epochs));
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let shared = if config.loss.kind == LossKind::InBatchSoftmax {
-        config.loss.shared_negatives
-    } else {
-        0
-    };
-    let (mut user_buffers, mut item_buffers) = (GatherBuffers::default(), GatherBuffers::default());
-    let mut item_rows: Vec<u32> = Vec::new();
+    let bar = epoch_bar(options, n, epoch, config.train.epochs);
+    let mut candle_buffers = CandleBuffers::default();
+    let mut fused_buffers = FusedBuffers::default();
     let mut total_loss = 0.0f64;
     let mut lr = config.optimizer.lr;
     for step in 0..steps {
         let start = step * batch_size;
         let end = (start + batch_size).min(n);
-        let b = end - start;
         lr = learning_rate(
             &config.schedule,
             config.optimizer.lr,
@@ -1257,130 +1307,246 @@ fn run_epoch(
             state.global_step,
         );
         let dropout_seed = derive_seed(config.train.seed, epoch, STREAM_DROPOUT, step as u64);
-        let mode = Mode::Train { seed: dropout_seed };
-        let users = prepared
-            .users
-            .batch(mc, &rows.users[start..end], &mut user_buffers, device)?;
-        let loss = match config.loss.kind {
-            LossKind::Bce => {
-                let items =
-                    prepared
-                        .items
-                        .batch(mc, &rows.items[start..end], &mut item_buffers, device)?;
-                let logits = model
-                    .forward(&users, &items, mode)
-                    .map_err(TrainError::model)?;
-                let targets = Tensor::from_slice(&rows.labels[start..end], b, device)
-                    .map_err(TrainError::tensor("building targets"))?;
-                crate::loss::bce_with_logits(&logits, &targets)
-                    .map_err(TrainError::tensor("computing the loss"))?
-            }
-            LossKind::InBatchSoftmax => {
-                item_rows.clear();
-                item_rows.extend_from_slice(&rows.items[start..end]);
-                item_rows.extend_from_slice(&rows.negatives[step * shared..(step + 1) * shared]);
-                let items = prepared
-                    .items
-                    .batch(mc, &item_rows, &mut item_buffers, device)?;
-                let (u, v) = encode_towers(model, &users, &items, dropout_seed)?;
-                let scores = model.score_matrix(&u, &v).map_err(TrainError::model)?;
-                let columns = [item_rows.len()];
-                let q = match (&item_q.batch, &item_q.sampler) {
-                    // Mixed: a column's q is its expected count in the batch.
-                    (Some(p), Some(ps)) => {
-                        let (rows, shared) = (b as f64, shared as f64);
-                        let expected = |i: usize| rows * p[i] + shared * ps[i];
-                        Some(log_q(&item_rows, &columns, expected, device)?)
-                    }
-                    (Some(p), None) => Some(log_q(&item_rows, &columns, |i| p[i], device)?),
-                    _ => None,
-                };
-                crate::loss::in_batch_softmax(
-                    &scores,
-                    config.loss.temperature,
-                    q.as_ref(),
-                    Some(&item_rows),
-                )
-                .map_err(TrainError::tensor("computing the loss"))?
-            }
-            LossKind::Bpr | LossKind::SampledSoftmax => {
-                let k = rows.k;
-                item_rows.clear();
-                item_rows.extend_from_slice(&rows.items[start..end]);
-                item_rows.extend_from_slice(&rows.negatives[start * k..end * k]);
-                let items = prepared
-                    .items
-                    .batch(mc, &item_rows, &mut item_buffers, device)?;
-                let (u, v) = encode_towers(model, &users, &items, dropout_seed)?;
-                let result: candle_core::Result<Tensor> = (|| {
-                    let v_pos = v.narrow(0, 0, b)?;
-                    let v_neg = v.narrow(0, b, b * k)?;
-                    let d = u.dim(1)?;
-                    let u_rep = u
-                        .unsqueeze(1)?
-                        .broadcast_as((b, k, d))?
-                        .contiguous()?
-                        .reshape((b * k, d))?;
-                    let pos = model
-                        .score_pairs(&u, &v_pos)
-                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                    let neg = model
-                        .score_pairs(&u_rep, &v_neg)
-                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-                        .reshape((b, k))?;
-                    if config.loss.kind == LossKind::Bpr {
-                        crate::loss::bpr(&pos, &neg)
-                    } else {
-                        let q = match &item_q.sampler {
-                            Some(p) => {
-                                let positives = &rows.items[start..end];
-                                let negatives = &rows.negatives[start * k..end * k];
-                                let qp = log_q(positives, &[b], |i| p[i], device)
-                                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                                let qn = log_q(negatives, &[b, k], |i| p[i], device)
-                                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                                Some((qp, qn))
-                            }
-                            None => None,
-                        };
-                        crate::loss::sampled_softmax(
-                            &pos,
-                            &neg,
-                            config.loss.temperature,
-                            q.as_ref().map(|(a, b)| (a, b)),
-                        )
-                    }
-                })();
-                result.map_err(TrainError::tensor("computing the loss"))?
+        let finite = |value: f32| {
+            if value.is_finite() {
+                Ok(value)
+            } else {
+                Err(TrainError::NonFiniteLoss {
+                    epoch: epoch + 1,
+                    step,
+                    value,
+                    checkpoint: checkpoint_dir(run_dir, "last"),
+                })
             }
         };
-        let value = loss
-            .to_dtype(candle_core::DType::F32)
-            .and_then(|l| l.to_scalar::<f32>())
-            .map_err(TrainError::tensor("reading the loss"))?;
-        if !value.is_finite() {
-            return Err(TrainError::NonFiniteLoss {
-                epoch: epoch + 1,
-                step,
-                value,
-                checkpoint: checkpoint_dir(run_dir, "last"),
-            });
-        }
-        let grads = loss
-            .backward()
-            .map_err(TrainError::tensor("backpropagating"))?;
-        optimizer
-            .step(&grads, lr)
-            .map_err(TrainError::tensor("updating weights"))?;
+        let value = match &mut stepper {
+            Stepper::Candle(model) => {
+                let loss = candle_loss(context, model, step, dropout_seed, &mut candle_buffers)?;
+                let value = finite(
+                    loss.to_dtype(candle_core::DType::F32)
+                        .and_then(|l| l.to_scalar::<f32>())
+                        .map_err(TrainError::tensor("reading the loss"))?,
+                )?;
+                let grads = loss
+                    .backward()
+                    .map_err(TrainError::tensor("backpropagating"))?;
+                optimizer
+                    .step(&grads, lr)
+                    .map_err(TrainError::tensor("updating weights"))?;
+                value
+            }
+            Stepper::Fused(engine) => {
+                let value = fused_step(context, engine, step, dropout_seed, &mut fused_buffers)?;
+                let value = finite(value as f32)?;
+                let (params, grads) = engine.params_mut();
+                optimizer
+                    .step_flat(params, grads, lr)
+                    .map_err(|message| TrainError::Run {
+                        path: run_dir.to_path_buf(),
+                        message,
+                    })?;
+                value
+            }
+        };
         state.global_step += 1;
         total_loss += f64::from(value);
-        bar.inc(b as u64);
+        bar.inc((end - start) as u64);
         if step % 20 == 0 {
             bar.set_message(format!("loss {:.4}", total_loss / (step + 1) as f64));
         }
     }
     bar.finish_and_clear();
     Ok((total_loss / steps.max(1) as f64, steps, lr))
+}
+
+/// The rows of step `step` and, for in-batch softmax, its shared negatives.
+fn step_rows<'r>(
+    context: &EpochContext<'_>,
+    rows: &'r EpochRows,
+    step: usize,
+) -> (std::ops::Range<usize>, &'r [u32]) {
+    let batch_size = context.config.train.batch_size;
+    let start = step * batch_size;
+    let end = (start + batch_size).min(rows.users.len());
+    let shared = shared_negatives(context.config);
+    (
+        start..end,
+        &rows.negatives[(step * shared).min(rows.negatives.len())
+            ..((step + 1) * shared).min(rows.negatives.len())],
+    )
+}
+
+/// Shared negatives per in-batch softmax batch (0 for other losses).
+fn shared_negatives(config: &RunConfig) -> usize {
+    if config.loss.kind == LossKind::InBatchSoftmax {
+        config.loss.shared_negatives
+    } else {
+        0
+    }
+}
+
+/// One step on the CPU engine: the batch's mean loss, its gradient left in the engine.
+fn fused_step(
+    context: &EpochContext<'_>,
+    engine: &mut CpuEngine,
+    step: usize,
+    dropout_seed: u64,
+    buffers: &mut FusedBuffers,
+) -> Result<f64, TrainError> {
+    let (config, rows) = (context.config, context.rows);
+    let (range, shared) = step_rows(context, rows, step);
+    let users = &rows.users[range.clone()];
+    let mut items = rows.items[range.clone()].to_vec();
+    items.extend_from_slice(shared);
+    let log_q = if config.loss.kind == LossKind::InBatchSoftmax {
+        in_batch_log_q(context.item_q, users.len(), shared.len())
+    } else {
+        None
+    };
+    let batch = FusedBatch {
+        users,
+        items: &items,
+        labels: &rows.labels[range],
+        log_q: log_q.as_ref().map(|q| q as &dyn Fn(u32) -> f32),
+        dropout_seed,
+    };
+    let tables = (&context.prepared.users, &context.prepared.items);
+    fused_loss(engine, config, tables, &batch, buffers)
+}
+
+/// Reused host buffers of the Candle steps.
+#[derive(Default)]
+struct CandleBuffers {
+    users: GatherBuffers,
+    items: GatherBuffers,
+    item_rows: Vec<u32>,
+}
+
+/// One step's loss through Candle (the graph is kept for the backward pass).
+fn candle_loss(
+    context: &EpochContext<'_>,
+    model: &Dssm,
+    step: usize,
+    dropout_seed: u64,
+    buffers: &mut CandleBuffers,
+) -> Result<Tensor, TrainError> {
+    let EpochContext {
+        config,
+        prepared,
+        rows,
+        item_q,
+        ..
+    } = *context;
+    let mc = &prepared.model_config;
+    let device = &prepared.device;
+    let (range, shared) = step_rows(context, rows, step);
+    let (start, end) = (range.start, range.end);
+    let b = end - start;
+    let mode = Mode::Train { seed: dropout_seed };
+    let users = prepared
+        .users
+        .batch(mc, &rows.users[start..end], &mut buffers.users, device)?;
+    let item_rows = &mut buffers.item_rows;
+    item_rows.clear();
+    item_rows.extend_from_slice(&rows.items[start..end]);
+    match config.loss.kind {
+        LossKind::Bce => {
+            let items = prepared
+                .items
+                .batch(mc, item_rows, &mut buffers.items, device)?;
+            let logits = model
+                .forward(&users, &items, mode)
+                .map_err(TrainError::model)?;
+            let targets = Tensor::from_slice(&rows.labels[start..end], b, device)
+                .map_err(TrainError::tensor("building targets"))?;
+            crate::loss::bce_with_logits(&logits, &targets)
+                .map_err(TrainError::tensor("computing the loss"))
+        }
+        LossKind::InBatchSoftmax => {
+            item_rows.extend_from_slice(shared);
+            let items = prepared
+                .items
+                .batch(mc, item_rows, &mut buffers.items, device)?;
+            let (u, v) = encode_towers(model, &users, &items, dropout_seed)?;
+            let scores = model.score_matrix(&u, &v).map_err(TrainError::model)?;
+            let q = match in_batch_log_q(item_q, b, shared.len()) {
+                Some(q) => {
+                    let values: Vec<f32> = item_rows.iter().map(|&i| q(i)).collect();
+                    Some(
+                        Tensor::from_vec(values, item_rows.len(), device)
+                            .map_err(TrainError::tensor("building log-Q"))?,
+                    )
+                }
+                None => None,
+            };
+            crate::loss::in_batch_softmax(
+                &scores,
+                config.loss.temperature,
+                q.as_ref(),
+                Some(item_rows),
+            )
+            .map_err(TrainError::tensor("computing the loss"))
+        }
+        LossKind::Bpr | LossKind::SampledSoftmax => {
+            let k = rows.k;
+            item_rows.extend_from_slice(&rows.negatives[start * k..end * k]);
+            let items = prepared
+                .items
+                .batch(mc, item_rows, &mut buffers.items, device)?;
+            let (u, v) = encode_towers(model, &users, &items, dropout_seed)?;
+            pairwise_loss(context, model, &u, &v, start..end)
+                .map_err(TrainError::tensor("computing the loss"))
+        }
+    }
+}
+
+/// BPR or sampled softmax of users `u` against their positives then `k` negatives each in `v`.
+fn pairwise_loss(
+    context: &EpochContext<'_>,
+    model: &Dssm,
+    u: &Tensor,
+    v: &Tensor,
+    range: std::ops::Range<usize>,
+) -> candle_core::Result<Tensor> {
+    let (config, rows, item_q) = (context.config, context.rows, context.item_q);
+    let device = &context.prepared.device;
+    let (start, end) = (range.start, range.end);
+    let (b, k) = (end - start, rows.k);
+    let msg = |e: TrainError| candle_core::Error::Msg(e.to_string());
+    let v_pos = v.narrow(0, 0, b)?;
+    let v_neg = v.narrow(0, b, b * k)?;
+    let d = u.dim(1)?;
+    let u_rep = u
+        .unsqueeze(1)?
+        .broadcast_as((b, k, d))?
+        .contiguous()?
+        .reshape((b * k, d))?;
+    let pos = model
+        .score_pairs(u, &v_pos)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let neg = model
+        .score_pairs(&u_rep, &v_neg)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        .reshape((b, k))?;
+    if config.loss.kind == LossKind::Bpr {
+        return crate::loss::bpr(&pos, &neg);
+    }
+    let q = match &item_q.sampler {
+        Some(p) => {
+            let positives = &rows.items[start..end];
+            let negatives = &rows.negatives[start * k..end * k];
+            let qp = log_q(positives, &[b], |i| p[i], device).map_err(msg)?;
+            let qn = log_q(negatives, &[b, k], |i| p[i], device).map_err(msg)?;
+            Some((qp, qn))
+        }
+        None => None,
+    };
+    crate::loss::sampled_softmax(
+        &pos,
+        &neg,
+        config.loss.temperature,
+        q.as_ref().map(|(a, b)| (a, b)),
+    )
 }
 
 /// Reads a run folder: its config, dataset and best checkpoint.

@@ -8,7 +8,7 @@ use dssm_model::{
     Similarity, Squeeze, Temperature, TowerConfig, bce_with_logits,
 };
 
-const BATCH: usize = 2048;
+pub const BATCH: usize = 2048;
 
 fn cols(c: &[Vec<u32>]) -> Vec<HostColumn<'_>> {
     c.iter().map(|v| HostColumn::Ids(v)).collect()
@@ -16,7 +16,7 @@ fn cols(c: &[Vec<u32>]) -> Vec<HostColumn<'_>> {
 
 /// The reference architecture: 4 user and 3 item categorical fields, 8-dim embeddings, 128-64-32 LeakyReLU
 /// towers with dropout 0.2, dot similarity.
-fn reference_config(senet: bool) -> ModelConfig {
+pub fn reference_config(senet: bool) -> ModelConfig {
     let tower = TowerConfig {
         hidden: vec![128, 64, 32],
         activation: Activation::LeakyRelu,
@@ -46,7 +46,7 @@ fn reference_config(senet: bool) -> ModelConfig {
 }
 
 /// Eight fixed batches built outside the timed loop.
-fn batches(config: &ModelConfig, device: &Device) -> Vec<(SideBatch, SideBatch, Tensor)> {
+pub fn batches(config: &ModelConfig, device: &Device) -> Vec<(SideBatch, SideBatch, Tensor)> {
     let mut state = 42u64;
     let mut next = |m: u32| {
         state = state

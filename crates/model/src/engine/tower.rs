@@ -159,15 +159,24 @@ fn gather(
                 }
             };
             let out = &mut work.fields[r * width + f * dim..][..dim];
+            let k0 = r * slots + slot;
+            if field.pooling.is_none() {
+                let table_row = field.offset + row_ids[0] as usize;
+                work.table_rows[k0] = table_row as u32;
+                work.slot_weights[k0] = 1.0;
+                out.copy_from_slice(&table[table_row * dim..(table_row + 1) * dim]);
+                continue;
+            }
             out.fill(0.0);
             for (j, &id) in row_ids.iter().enumerate() {
-                let k = r * slots + slot + j;
                 let table_row = field.offset + id as usize;
-                work.table_rows[k] = table_row as u32;
-                let used = field.pooling.is_none() || id != 0;
-                work.slot_weights[k] = if used { weight } else { 0.0 };
-                if used {
-                    add_scaled(out, weight, &table[table_row * dim..(table_row + 1) * dim]);
+                work.table_rows[k0 + j] = table_row as u32;
+                work.slot_weights[k0 + j] = if id != 0 { weight } else { 0.0 };
+                if id != 0 {
+                    let source = &table[table_row * dim..(table_row + 1) * dim];
+                    out.iter_mut()
+                        .zip(source)
+                        .for_each(|(o, &v)| *o += weight * v);
                 }
             }
         }
@@ -406,7 +415,11 @@ pub(crate) fn scatter_table_grads(plan: &TowerPlan, work: &TowerWork, table_grad
                 let weight = work.slot_weights[k];
                 if weight != 0.0 {
                     let row = work.table_rows[k] as usize;
-                    add_scaled(&mut table_grads[row * dim..(row + 1) * dim], weight, d);
+                    let target = &mut table_grads[row * dim..(row + 1) * dim];
+                    target
+                        .iter_mut()
+                        .zip(d)
+                        .for_each(|(t, &v)| *t += weight * v);
                 }
             }
             slot += field.width;
