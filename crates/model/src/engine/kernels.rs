@@ -127,14 +127,17 @@ pub(crate) fn matmul_dt_a_columns(
 /// run time (the body is inlined into both, so the compiler vectorises it for each).
 macro_rules! simd_fn {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        simd_fn! { $(#[$doc])* fn $name($($arg: $ty),*) -> () $body }
+    };
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
         $(#[$doc])*
-        pub(crate) fn $name($($arg: $ty),*) {
+        pub(crate) fn $name($($arg: $ty),*) -> $ret {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            fn body($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn wide($($arg: $ty),*) { body($($arg),*) }
+                unsafe fn wide($($arg: $ty),*) -> $ret { body($($arg),*) }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                 {
@@ -241,6 +244,67 @@ simd_fn! {
     }
 }
 
+/// `e^x` to about 1 ulp (Cephes' polynomial after reducing by `n ln 2`), in a form the compiler
+/// vectorises; 0 below -87.3 (so `-inf` gives exactly 0), `e^88.7` above 88.7.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let clamped = x.clamp(-87.3, 88.7);
+    let shifted = clamped * LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    // The integer n sits in the low mantissa bits of `shifted` (no float-to-int cast, which
+    // would saturate and keep the loop scalar).
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_2e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 0.166_666_65)
+        * r
+        + 0.5;
+    let e = p * r * r + r + 1.0;
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
+    if x < -87.3 { 0.0 } else { e * scale }
+}
+
+simd_fn! {
+    /// One softmax cross-entropy row: `z` holds the row's logits (`-inf` where left out), is
+    /// overwritten with `factor * (softmax - onehot(target))`; returns the row's loss
+    /// `logsumexp(z) - z[target]`.
+    fn softmax_row(z: &mut [f32], target: usize, factor: f32) -> f64 {
+        // Eight lanes, so the max and the sum vectorise.
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let mut chunks = z.chunks_exact(8);
+        for chunk in &mut chunks {
+            for (m, &v) in lanes.iter_mut().zip(chunk) {
+                *m = if v > *m { v } else { *m };
+            }
+        }
+        let max = chunks
+            .remainder()
+            .iter()
+            .chain(&lanes)
+            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        let at_target = z[target];
+        for v in z.iter_mut() {
+            *v = exp(*v - max);
+        }
+        let mut sums = [0f32; 8];
+        let mut chunks = z.chunks_exact(8);
+        for chunk in &mut chunks {
+            for (s, &v) in sums.iter_mut().zip(chunk) {
+                *s += v;
+            }
+        }
+        let sum: f32 = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+        let scale = factor / sum;
+        z.iter_mut().for_each(|v| *v *= scale);
+        z[target] -= factor;
+        (max + sum.ln() - at_target) as f64
+    }
+}
+
 /// Dot product of two equal-length rows, accumulated in eight lanes.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -341,6 +405,16 @@ mod tests {
         let mut sums = vec![0.0; 2];
         column_sums(&mut sums, &z);
         assert_eq!(sums, [2.5, -0.5]);
+        for x in [
+            -100.0f32, -87.0, -20.5, -1.0, -1e-3, 0.0, 0.5, 3.7, 40.0, 88.0,
+        ] {
+            let (fast, exact) = (exp(x), x.exp());
+            assert!(
+                (fast - exact).abs() <= 2e-7 * exact + f32::MIN_POSITIVE,
+                "exp({x})"
+            );
+        }
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(dot(&values(19, 4), &values(19, 5)), {
             let (a, b) = (values(19, 4), values(19, 5));
             a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::error::ModelError;
 use crate::softmax::SoftmaxRows;
 
-use super::kernels::{matmul_a_wt, matmul_d_w, matmul_dt_a_columns};
+use super::kernels::{matmul_a_wt, matmul_d_w, matmul_dt_a_columns, softmax_row};
 use super::{CpuEngine, SideIds, StepSeeds, grow_work, shards, tower};
 
 /// Rows (or columns) of the score matrix per parallel block.
@@ -177,13 +177,8 @@ fn score_and_backpropagate(
             for (i, row) in scores.chunks_exact_mut(c).enumerate() {
                 let r = first + i;
                 rows.logits(r, row, &mut z);
-                let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let lse = max + z.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
-                total += (lse - z[r]) as f64;
-                for (g, &v) in row.iter_mut().zip(&z) {
-                    *g = (v - lse).exp() * factor;
-                }
-                row[r] -= factor;
+                total += softmax_row(&mut z, r, factor);
+                row.copy_from_slice(&z);
             }
             matmul_d_w(d_users, scores, items, n, c, d);
             total
