@@ -107,9 +107,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         }
         _ => println!("test         not evaluated (the run stopped before its last epoch)"),
     }
+    let memory = metrics
+        .peak_rss_mib
+        .map(|m| format!(", peak memory {m:.0} MiB"))
+        .unwrap_or_default();
     println!(
-        "training     {:.0} samples/s, wall {:.1} s",
-        metrics.train_samples_per_sec, metrics.wall_s
+        "training     {:.0} samples/s ({}), wall {:.1} s{memory}",
+        metrics.train_samples_per_sec, metrics.engine, metrics.wall_s
     );
     println!(
         "saved        {}",

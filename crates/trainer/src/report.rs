@@ -83,6 +83,12 @@ pub struct FinalMetrics {
     pub wall_s: f64,
     /// Training rows per second over all epochs (training time only).
     pub train_samples_per_sec: f64,
+    /// What ran the training steps: `fused` (the CPU engine) or `candle`.
+    #[serde(default)]
+    pub engine: String,
+    /// Peak resident memory of the process in MiB (Linux `VmHWM`; absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
     /// Full-catalogue retrieval metrics (`leave-last-out` only; absent from `seed` records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retrieval: Option<RetrievalMetrics>,

@@ -195,6 +195,15 @@ pub fn checksum(bytes: &[u8]) -> String {
     format!("{hash:016x}")
 }
 
+/// Peak resident memory of this process in MiB, from `/proc/self/status` (`VmHWM`); `None` where
+/// there is no such file.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// Crate version plus `git rev-parse HEAD` when it works.
 fn code_version() -> String {
     let commit = std::process::Command::new("git")
@@ -906,6 +915,8 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
         checkpoint: String::new(),
         wall_s: started.elapsed().as_secs_f64(),
         train_samples_per_sec: state.train_rows as f64 / state.train_seconds.max(1e-9),
+        engine: if engine.is_some() { "fused" } else { "candle" }.to_string(),
+        peak_rss_mib: peak_rss_mib(),
         retrieval: retrieval
             .as_ref()
             .map(|(setup, _, popularity_val, _)| RetrievalMetrics {
@@ -974,6 +985,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
     }
     final_metrics.checkpoint = checkpoint_id(&best_dir, best_epoch);
     final_metrics.wall_s = started.elapsed().as_secs_f64();
+    final_metrics.peak_rss_mib = peak_rss_mib();
     write_file(&run_dir.join(layout::METRICS), &to_json(&final_metrics))?;
     Ok(TrainReport {
         run_dir,

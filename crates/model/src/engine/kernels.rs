@@ -165,32 +165,55 @@ macro_rules! for_act {
 }
 
 simd_fn! {
-    /// `z[i, j] += bias[j]` in place, then `post = act(z) * mask` (`mask` empty: no dropout);
-    /// `post` empty: only the bias is added (a last layer).
+    /// `z[i, j] += bias[j]` in place and `post = act(z) * mask` (`mask` empty: no dropout), in
+    /// one pass; `post` empty: only the bias is added (a last layer).
     fn bias_act_forward(z: &mut [f32], bias: &[f32], act: Act, mask: &[f32], post: &mut [f32]) {
         let width = bias.len();
-        for row in z.chunks_exact_mut(width) {
-            for (v, &b) in row.iter_mut().zip(bias) {
-                *v += b;
-            }
-        }
         if post.is_empty() {
+            for row in z.chunks_exact_mut(width) {
+                row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+            }
             return;
         }
         macro_rules! run {
             ($a:expr) => {
                 if mask.is_empty() {
-                    for (p, &v) in post.iter_mut().zip(z.iter()) {
-                        *p = act_f32($a, v);
+                    for (zr, pr) in z.chunks_exact_mut(width).zip(post.chunks_exact_mut(width)) {
+                        for ((v, p), &b) in zr.iter_mut().zip(pr).zip(bias) {
+                            *v += b;
+                            *p = act_f32($a, *v);
+                        }
                     }
                 } else {
-                    for ((p, &v), &m) in post.iter_mut().zip(z.iter()).zip(mask) {
-                        *p = act_f32($a, v) * m;
+                    let rows = z.chunks_exact_mut(width).zip(post.chunks_exact_mut(width));
+                    for ((zr, pr), mr) in rows.zip(mask.chunks_exact(width)) {
+                        for (((v, p), &b), &m) in zr.iter_mut().zip(pr).zip(bias).zip(mr) {
+                            *v += b;
+                            *p = act_f32($a, *v) * m;
+                        }
                     }
                 }
             };
         }
         for_act!(act, run)
+    }
+}
+
+/// `out = src` for one embedding row; the usual widths compile to a few moves, not a call.
+#[inline(always)]
+pub(crate) fn copy_row(out: &mut [f32], src: &[f32]) {
+    #[inline(always)]
+    fn fixed<const N: usize>(out: &mut [f32], src: &[f32]) {
+        if let (Ok(o), Ok(s)) = (<&mut [f32; N]>::try_from(out), <&[f32; N]>::try_from(src)) {
+            *o = *s;
+        }
+    }
+    match out.len() {
+        8 => fixed::<8>(out, src),
+        16 => fixed::<16>(out, src),
+        32 => fixed::<32>(out, src),
+        64 => fixed::<64>(out, src),
+        _ => out.copy_from_slice(src),
     }
 }
 
@@ -231,15 +254,6 @@ simd_fn! {
     fn add_assign(acc: &mut [f32], x: &[f32]) {
         for (a, &v) in acc.iter_mut().zip(x) {
             *a += v;
-        }
-    }
-}
-
-simd_fn! {
-    /// `acc[i] += w * x[i]`.
-    fn add_scaled(acc: &mut [f32], w: f32, x: &[f32]) {
-        for (a, &v) in acc.iter_mut().zip(x) {
-            *a += w * v;
         }
     }
 }

@@ -45,6 +45,7 @@
 
 mod kernels;
 mod plan;
+mod senet;
 mod softmax;
 mod tower;
 
@@ -66,7 +67,7 @@ use plan::TowerPlan;
 use tower::TowerWork;
 
 /// Rows per shard: the unit of parallel work, fixed so results do not depend on the thread count.
-pub const SHARD_ROWS: usize = 256;
+pub const SHARD_ROWS: usize = 512;
 
 /// The ids of one side's batch: one slice per feature of the side, in config order; a categorical
 /// feature has `rows` ids, a multi-categorical one `rows * max_len` (row-major, 0 = padding).

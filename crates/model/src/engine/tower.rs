@@ -6,16 +6,17 @@
 //! [`TowerWork::grads`] (that shard's share) and the gradient of every field embedding in
 //! [`TowerWork::d_fields`]; [`scatter_table_grads`] adds the latter into the table's gradient.
 
-use crate::config::{Pooling, Squeeze};
+use crate::config::Pooling;
 use crate::dropout::dropout_mask_range;
 use crate::error::ModelError;
 
 use super::SideIds;
 use super::kernels::{
-    act_backward, add_scaled, bias_act_forward, column_sums, dot, matmul_a_wt, matmul_d_w,
+    act_backward, bias_act_forward, column_sums, copy_row, dot, matmul_a_wt, matmul_d_w,
     matmul_dt_a,
 };
 use super::plan::{LayerPlan, TowerPlan};
+use super::senet::{self, SenetWork};
 
 const L2_EPS: f32 = 1e-12;
 
@@ -30,11 +31,9 @@ pub(crate) struct TowerWork {
     /// Field embeddings `[rows x fields * dim]`, then SENet's output.
     fields: Vec<f32>,
     reweighted: Vec<f32>,
-    /// SENet: squeezed fields `[rows x fields]`, hidden `[rows x hidden]`, weights `[rows x fields]`.
-    squeezed: Vec<f32>,
-    senet_hidden: Vec<f32>,
-    senet_weights: Vec<f32>,
-    /// Per layer: the pre-activation (bias included), the activation after dropout, the mask.
+    senet: SenetWork,
+    /// Per hidden layer: the pre-activation (bias included), the activation after dropout, the
+    /// dropout mask.
     pre: Vec<Vec<f32>>,
     post: Vec<Vec<f32>>,
     masks: Vec<Vec<f32>>,
@@ -45,7 +44,7 @@ pub(crate) struct TowerWork {
     inv_norm: Vec<f32>,
     /// The loss's gradient with respect to `out`, filled by the caller before [`backward`].
     pub(crate) d_out: Vec<f32>,
-    scratch: [Vec<f32>; 2],
+    scratch: Vec<f32>,
     /// Gradient of the field embeddings `[rows x fields * dim]`.
     pub(crate) d_fields: Vec<f32>,
     /// This shard's gradient of the tower's dense region (SENet, MLP), laid out as the region.
@@ -61,39 +60,33 @@ fn grow(buffer: &mut Vec<f32>, len: usize) {
 impl TowerWork {
     fn prepare(&mut self, plan: &TowerPlan, rows: usize) {
         self.rows = rows;
-        let (width, n_fields) = (plan.input_width(), plan.fields.len());
+        let width = plan.input_width();
         let slots = plan.slots();
         if self.table_rows.len() < rows * slots {
             self.table_rows.resize(rows * slots, 0);
         }
         grow(&mut self.slot_weights, rows * slots);
         grow(&mut self.fields, rows * width);
-        grow(&mut self.d_fields, rows * width);
-        if let Some(senet) = &plan.senet {
+        if plan.senet.is_some() {
             grow(&mut self.reweighted, rows * width);
-            grow(&mut self.squeezed, rows * n_fields);
-            grow(&mut self.senet_weights, rows * n_fields);
-            grow(&mut self.senet_hidden, rows * senet.hidden);
         }
         let n_layers = plan.layers.len();
         self.pre.resize_with(n_layers, Vec::new);
         self.post.resize_with(n_layers, Vec::new);
         self.masks.resize_with(n_layers, Vec::new);
-        for (i, layer) in plan.layers.iter().enumerate() {
+        // Hidden layers only: the last writes `out`.
+        for (i, layer) in plan.layers.iter().enumerate().take(n_layers - 1) {
             grow(&mut self.pre[i], rows * layer.output);
-            if i + 1 < n_layers {
-                grow(&mut self.post[i], rows * layer.output);
-                if plan.dropout > 0.0 {
-                    grow(&mut self.masks[i], rows * layer.output);
-                }
+            grow(&mut self.post[i], rows * layer.output);
+            if plan.dropout > 0.0 {
+                grow(&mut self.masks[i], rows * layer.output);
             }
         }
-        let out = plan.output_width();
-        grow(&mut self.out, rows * out);
-        grow(&mut self.d_out, rows * out);
+        grow(&mut self.out, rows * plan.output_width());
         grow(&mut self.inv_norm, rows);
-        for s in &mut self.scratch {
-            grow(s, rows * plan.max_width());
+        let widest = rows * plan.max_width();
+        for buffer in [&mut self.d_out, &mut self.scratch, &mut self.d_fields] {
+            grow(buffer, widest);
         }
         grow(&mut self.grads, plan.dense.len());
     }
@@ -111,8 +104,18 @@ pub(crate) fn forward(
     work.prepare(plan, rows);
     gather(plan, params, ids, start, work)?;
     let dense = &params[plan.dense.clone()];
-    if plan.senet.is_some() {
-        senet_forward(plan, dense, work);
+    if let Some(senet) = &plan.senet {
+        let width = plan.input_width();
+        let x = &work.fields[..rows * width];
+        let out = &mut work.reweighted[..rows * width];
+        senet::forward(
+            senet,
+            dense,
+            senet_shape(plan, rows),
+            x,
+            out,
+            &mut work.senet,
+        );
     }
     mlp_forward(plan, dense, start, dropout_seed, work);
     Ok(())
@@ -145,6 +148,10 @@ fn gather(
             )));
         }
         for r in 0..rows {
+            // The table rows are random: ask for the row a few examples ahead now.
+            if let Some(&ahead) = column.get((start + r + PREFETCH_AHEAD) * w) {
+                prefetch(table, (field.offset + ahead as usize) * dim);
+            }
             let row_ids = &column[(start + r) * w..(start + r + 1) * w];
             if let Some(&id) = row_ids.iter().find(|&&id| id >= field.vocab) {
                 return Err(bad(format!(
@@ -164,7 +171,7 @@ fn gather(
                 let table_row = field.offset + row_ids[0] as usize;
                 work.table_rows[k0] = table_row as u32;
                 work.slot_weights[k0] = 1.0;
-                out.copy_from_slice(&table[table_row * dim..(table_row + 1) * dim]);
+                copy_row(out, &table[table_row * dim..(table_row + 1) * dim]);
                 continue;
             }
             out.fill(0.0);
@@ -185,41 +192,28 @@ fn gather(
     Ok(())
 }
 
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
+/// Examples between a table row's prefetch and its use.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Hints that `values[at..]` will be read soon (a no-op where the CPU has no such hint).
+#[inline(always)]
+fn prefetch(values: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < values.len() {
+        // SAFETY: the address is inside `values`; a prefetch never faults or changes memory.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                values.as_ptr().add(at).cast(),
+            )
+        }
+    }
 }
 
-/// Per-example SENet: squeeze each field, FC -> ReLU -> FC -> sigmoid, rescale the fields.
-fn senet_forward(plan: &TowerPlan, dense: &[f32], work: &mut TowerWork) {
-    let Some(senet) = &plan.senet else { return };
-    let (n_fields, dim, hidden) = (plan.fields.len(), plan.dim, senet.hidden);
-    let width = n_fields * dim;
-    let (w1, b1) = weights(dense, &senet.fc1);
-    let (w2, b2) = weights(dense, &senet.fc2);
-    for r in 0..work.rows {
-        let x = &work.fields[r * width..(r + 1) * width];
-        let s = &mut work.squeezed[r * n_fields..(r + 1) * n_fields];
-        for (f, s) in s.iter_mut().enumerate() {
-            let field = &x[f * dim..(f + 1) * dim];
-            *s = match senet.squeeze {
-                Squeeze::Mean => field.iter().sum::<f32>() / dim as f32,
-                Squeeze::Max => field.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-            };
-        }
-        let h = &mut work.senet_hidden[r * hidden..(r + 1) * hidden];
-        for (j, h) in h.iter_mut().enumerate() {
-            *h = (b1[j] + dot(&w1[j * n_fields..(j + 1) * n_fields], s)).max(0.0);
-        }
-        let a = &mut work.senet_weights[r * n_fields..(r + 1) * n_fields];
-        for (f, a) in a.iter_mut().enumerate() {
-            *a = sigmoid(b2[f] + dot(&w2[f * hidden..(f + 1) * hidden], h));
-        }
-        let y = &mut work.reweighted[r * width..(r + 1) * width];
-        for (f, &a) in a.iter().enumerate() {
-            for k in f * dim..(f + 1) * dim {
-                y[k] = x[k] * a;
-            }
-        }
+fn senet_shape(plan: &TowerPlan, rows: usize) -> senet::Shape {
+    senet::Shape {
+        fields: plan.fields.len(),
+        dim: plan.dim,
+        rows,
     }
 }
 
@@ -250,12 +244,14 @@ fn mlp_forward(
             (0, None) => &work.fields[..rows * layer.input],
             _ => &done[i - 1][..rows * layer.input],
         };
-        let pre = &mut work.pre[i][..n];
-        matmul_a_wt(pre, input, w, rows, layer.output, layer.input);
         if i == last {
-            bias_act_forward(pre, b, plan.act, &[], &mut []);
+            let out = &mut work.out[..n];
+            matmul_a_wt(out, input, w, rows, layer.output, layer.input);
+            bias_act_forward(out, b, plan.act, &[], &mut []);
             continue;
         }
+        let pre = &mut work.pre[i][..n];
+        matmul_a_wt(pre, input, w, rows, layer.output, layer.input);
         let mask: &[f32] = match dropout_seed {
             Some(seed) if plan.dropout > 0.0 => {
                 let mask = &mut work.masks[i][..n];
@@ -267,8 +263,7 @@ fn mlp_forward(
         bias_act_forward(pre, b, plan.act, mask, &mut rest[0][..n]);
     }
     let d = plan.output_width();
-    let (out, pre) = (&mut work.out[..rows * d], &work.pre[last][..rows * d]);
-    out.copy_from_slice(pre);
+    let out = &mut work.out[..rows * d];
     if plan.l2_normalize {
         for (row, inv) in out.chunks_exact_mut(d).zip(&mut work.inv_norm) {
             *inv = 1.0 / (dot(row, row) + L2_EPS).sqrt();
@@ -282,8 +277,9 @@ pub(crate) fn backward(plan: &TowerPlan, params: &[f32], work: &mut TowerWork) {
     let dense = &params[plan.dense.clone()];
     let rows = work.rows;
     let d = plan.output_width();
-    let [mut grad, mut next] = std::mem::take(&mut work.scratch);
-    grad[..rows * d].copy_from_slice(&work.d_out[..rows * d]);
+    // d_out, scratch and d_fields all hold rows x max_width: the pass rotates them, no copies.
+    let mut grad = std::mem::take(&mut work.d_out);
+    let mut next = std::mem::take(&mut work.scratch);
     if plan.l2_normalize {
         // y = x / |x|: dx = (dy - y (y . dy)) / |x|.
         for ((g, y), &inv) in grad[..rows * d]
@@ -336,71 +332,24 @@ pub(crate) fn backward(plan: &TowerPlan, params: &[f32], work: &mut TowerWork) {
         std::mem::swap(&mut grad, &mut next);
     }
     let width = plan.input_width();
-    if plan.senet.is_some() {
-        senet_backward(plan, dense, &grad[..rows * width], work);
+    if let Some(senet) = &plan.senet {
+        let (x, dy) = (&work.fields[..rows * width], &grad[..rows * width]);
+        let dx = &mut work.d_fields[..rows * width];
+        let shape = senet_shape(plan, rows);
+        senet::backward(
+            senet,
+            dense,
+            shape,
+            (x, dy),
+            dx,
+            &mut work.grads,
+            &mut work.senet,
+        );
     } else {
-        work.d_fields[..rows * width].copy_from_slice(&grad[..rows * width]);
+        std::mem::swap(&mut work.d_fields, &mut grad);
     }
-    work.scratch = [grad, next];
-}
-
-/// SENet's backward from the gradient of its output `dy`; writes `d_fields` and SENet's gradients.
-fn senet_backward(plan: &TowerPlan, dense: &[f32], dy: &[f32], work: &mut TowerWork) {
-    let Some(senet) = &plan.senet else { return };
-    let (n_fields, dim, hidden) = (plan.fields.len(), plan.dim, senet.hidden);
-    let width = n_fields * dim;
-    let (w1, _) = weights(dense, &senet.fc1);
-    let (w2, _) = weights(dense, &senet.fc2);
-    let (fc1, fc2) = (senet.fc1, senet.fc2);
-    for range in [
-        fc1.weight..fc1.bias + hidden,
-        fc2.weight..fc2.bias + n_fields,
-    ] {
-        work.grads[range].fill(0.0);
-    }
-    let mut dz2 = vec![0f32; n_fields];
-    let mut dz1 = vec![0f32; hidden];
-    for r in 0..work.rows {
-        let dy = &dy[r * width..(r + 1) * width];
-        let x = &work.fields[r * width..(r + 1) * width];
-        let a = &work.senet_weights[r * n_fields..(r + 1) * n_fields];
-        let h = &work.senet_hidden[r * hidden..(r + 1) * hidden];
-        let s = &work.squeezed[r * n_fields..(r + 1) * n_fields];
-        let dx = &mut work.d_fields[r * width..(r + 1) * width];
-        for f in 0..n_fields {
-            let span = f * dim..(f + 1) * dim;
-            let da = dot(&dy[span.clone()], &x[span.clone()]);
-            dz2[f] = da * a[f] * (1.0 - a[f]);
-            for k in span {
-                dx[k] = dy[k] * a[f];
-            }
-        }
-        let g = &mut work.grads;
-        for f in 0..n_fields {
-            add_scaled(&mut g[fc2.weight + f * hidden..][..hidden], dz2[f], h);
-            g[fc2.bias + f] += dz2[f];
-        }
-        for j in 0..hidden {
-            let back: f32 = (0..n_fields).map(|f| dz2[f] * w2[f * hidden + j]).sum();
-            dz1[j] = if h[j] > 0.0 { back } else { 0.0 };
-            add_scaled(&mut g[fc1.weight + j * n_fields..][..n_fields], dz1[j], s);
-            g[fc1.bias + j] += dz1[j];
-        }
-        for f in 0..n_fields {
-            let ds: f32 = (0..hidden).map(|j| dz1[j] * w1[j * n_fields + f]).sum();
-            let span = f * dim..(f + 1) * dim;
-            match senet.squeeze {
-                Squeeze::Mean => dx[span].iter_mut().for_each(|v| *v += ds / dim as f32),
-                Squeeze::Max => {
-                    for k in span {
-                        if x[k] == s[f] {
-                            dx[k] += ds;
-                        }
-                    }
-                }
-            }
-        }
-    }
+    work.d_out = grad;
+    work.scratch = next;
 }
 
 /// Adds the shard's field-embedding gradients into the table's gradient `table_grads`, row by
