@@ -10,6 +10,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod bench_train;
+
 /// Pipeline steps forwarded to the `dssm` binary unchanged.
 const DSSM_STEPS: &[(&str, &str)] = &[
     (
@@ -54,6 +56,7 @@ fn main() -> Result<()> {
         "bench-data" => run_cargo(&["bench", "-p", "dssm-data", "--bench", "prepare"], &rest),
         "bench-sampler" => run_cargo(&["bench", "-p", "dssm-sampler"], &rest),
         "bench-model" => run_cargo(&["bench", "-p", "dssm-model"], &rest),
+        "bench-train" => bench_train::run(&rest),
         "bench-retrieval" => run_cargo(&["bench", "-p", "dssm-retrieval"], &rest),
         step if DSSM_STEPS.iter().any(|(name, _)| *name == step) => {
             let mut forwarded = vec![step.to_string()];
@@ -77,6 +80,8 @@ fn print_help() {
          bench-data           time and peak memory of preparing ML-1M end to end\n  \
          bench-sampler        negative sampling draws/s against the RNG alone and a baseline\n  \
          bench-model          forward+backward+step samples/s of the reference architecture\n  \
+         bench-train          wall, samples/s and peak memory of the training recipes and one step \
+         (--anchors PYTHON: beside TensorFlow, in turn)\n  \
          bench-retrieval      exact and HNSW top-K speed and recall"
     );
 }

@@ -1763,6 +1763,80 @@ dir = {out:?}
         assert!(err.to_string().contains("already holds a run"), "{err}");
     }
 
+    /// The weights of a run's best checkpoint, as bytes.
+    fn best_weights(run: &TrainReport) -> Vec<u8> {
+        let dir = checkpoint_dir(&run.run_dir, "best");
+        std::fs::read(dir.join(dssm_model::WEIGHTS_FILE)).unwrap()
+    }
+
+    #[test]
+    fn the_fused_engine_and_candle_train_the_same_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = synthetic_dataset(dir.path());
+        let run = |engine: &str| {
+            let mut config = small_config(&data, &dir.path().join(engine));
+            config.train.engine = match engine {
+                "fused" => crate::config::EngineKind::Fused,
+                _ => crate::config::EngineKind::Candle,
+            };
+            train(&config, &TrainOptions::default()).unwrap()
+        };
+        let (fused, candle) = (run("fused"), run("candle"));
+        assert_eq!(fused.metrics.engine, "fused");
+        assert_eq!(candle.metrics.engine, "candle");
+        // Same data, masks and updates: only float rounding differs, so the first epoch's mean
+        // loss agrees to ~1e-6 and the runs stay close (a wrong gradient drifts far off).
+        let (f, c) = (&fused.epochs, &candle.epochs);
+        let loss_gap = (f[0].train_loss - c[0].train_loss).abs() / c[0].train_loss;
+        assert!(
+            loss_gap < 1e-4,
+            "epoch 1 loss {} vs {}",
+            f[0].train_loss,
+            c[0].train_loss
+        );
+        for (a, b) in f.iter().zip(c) {
+            let (a, b) = (a.val.unwrap().auc, b.val.unwrap().auc);
+            assert!((a - b).abs() < 0.005, "val auc {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn runs_are_identical_on_one_and_two_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed_data = synthetic_dataset(dir.path());
+        let llo_data = leave_last_out_dataset(dir.path());
+        let run = |threads: usize, protocol: &str| {
+            let out = dir.path().join(format!("{protocol}-{threads}"));
+            let mut config = match protocol {
+                "seed" => small_config(&seed_data, &out),
+                _ => retrieval_config(&llo_data, &out, "in_batch_softmax"),
+            };
+            config.train.epochs = 2;
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| train(&config, &TrainOptions::default()).unwrap())
+        };
+        for protocol in ["seed", "leave-last-out"] {
+            let (one, two) = (run(1, protocol), run(2, protocol));
+            assert_eq!(one.metrics.engine, "fused", "{protocol}");
+            assert_eq!(
+                comparable(&one.epochs),
+                comparable(&two.epochs),
+                "{protocol}"
+            );
+            let ranking =
+                |r: &TrainReport| r.epochs.iter().map(|e| e.val_hit_rate).collect::<Vec<_>>();
+            assert_eq!(ranking(&one), ranking(&two), "{protocol}");
+            assert!(
+                best_weights(&one) == best_weights(&two),
+                "{protocol}: weights differ"
+            );
+            assert_eq!(one.metrics.test, two.metrics.test, "{protocol}");
+        }
+    }
+
     fn leave_last_out_dataset(dir: &Path) -> PathBuf {
         prepared_synthetic(dir, dssm_data::Protocol::LeaveLastOut, (400, 300, 20_000))
     }

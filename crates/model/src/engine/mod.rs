@@ -251,7 +251,8 @@ impl CpuEngine {
             .map(|((uw, iw), &(start, rows))| {
                 tower::forward(user, params, users, (start, rows), seeds.0, uw)?;
                 tower::forward(item, params, items, (start, rows), seeds.1, iw)?;
-                let loss = bce_rows(uw, iw, &labels[start..start + rows], inv_t, b);
+                let d = user.output_width();
+                let loss = bce_rows(uw, iw, &labels[start..start + rows], (d, inv_t), b);
                 tower::backward(user, params, uw);
                 tower::backward(item, params, iw);
                 Ok(loss)
@@ -312,15 +313,14 @@ impl CpuEngine {
 }
 
 /// The BCE loss of one shard's rows (summed) and its gradients into the towers' `d_out`.
+/// `d` is the towers' output width (the buffers may be longer than this shard needs).
 fn bce_rows(
     users: &mut TowerWork,
     items: &mut TowerWork,
     labels: &[f32],
-    inv_t: f32,
+    (d, inv_t): (usize, f32),
     batch: usize,
 ) -> f64 {
-    let d = users.out.len() / users.rows.max(1);
-    let d = d.min(items.out.len() / items.rows.max(1));
     let scale = inv_t / batch as f32;
     let mut loss = 0.0f64;
     for (r, &y) in labels.iter().enumerate() {

@@ -298,6 +298,50 @@ fn steps_give_the_same_bits_on_any_number_of_threads() {
 }
 
 #[test]
+fn a_smaller_batch_after_a_larger_one_gives_a_fresh_engines_result() {
+    // Buffers grown by a large batch must not leak into a later, smaller one (an epoch's last).
+    let model = random_model(config(0), 12);
+    let (big, small) = (batch(1100, 1100, 1), batch(37, 37, 2));
+    let cols = |b: &Batch| -> (Vec<Vec<u32>>, Vec<Vec<u32>>) { (b.users.clone(), b.items.clone()) };
+    let run = |engine: &mut CpuEngine, b: &Batch, rows: usize| {
+        let (users, items) = cols(b);
+        let u: Vec<&[u32]> = users.iter().map(Vec::as_slice).collect();
+        let i: Vec<&[u32]> = items.iter().map(Vec::as_slice).collect();
+        let bce = engine
+            .bce_step(
+                &side_ids(&u, rows),
+                &side_ids(&i, rows),
+                &b.labels,
+                (Some(4), Some(5)),
+            )
+            .unwrap();
+        let bce_grads = engine.grads().to_vec();
+        let spec = SoftmaxLoss {
+            scale: 5.0,
+            column_offsets: None,
+            excluded: &[],
+        };
+        let softmax = engine
+            .in_batch_softmax_step(
+                &side_ids(&u, rows),
+                &side_ids(&i, rows),
+                &spec,
+                (None, None),
+            )
+            .unwrap();
+        (bce, bce_grads, softmax, engine.grads().to_vec())
+    };
+    let mut reused = CpuEngine::new(&model).unwrap();
+    run(&mut reused, &big, 1100);
+    let after_big = run(&mut reused, &small, 37);
+    let fresh = run(&mut CpuEngine::new(&model).unwrap(), &small, 37);
+    assert_eq!(after_big.0, fresh.0, "bce loss");
+    assert!(after_big.1 == fresh.1, "bce gradients");
+    assert_eq!(after_big.2, fresh.2, "softmax loss");
+    assert!(after_big.3 == fresh.3, "softmax gradients");
+}
+
+#[test]
 fn encode_matches_candle_and_store_round_trips() {
     let model = random_model(config(1), 4);
     let rows = 270;
