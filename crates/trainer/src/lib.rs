@@ -28,6 +28,12 @@
 //! ([`config::FeaturesConfig::recent_len`]). `loss.shared_negatives` adds sampled items to
 //! in-batch softmax ([`config::LossConfig::shared_negatives`]).
 //!
+//! # Who computes the steps
+//! `train.engine` (default `auto`): dssm-model's CPU engine where it can run the config (CPU,
+//! (multi-)categorical features, BCE or in-batch softmax), Candle's autograd otherwise; both give the
+//! same results up to float rounding, and neither depends on the thread count. `metrics.json`
+//! records which one ran (`engine`) and the process's peak memory (`peak_rss_mib`).
+//!
 //! # The run folder
 //! ```text
 //! <run>/config.toml            the config as used
