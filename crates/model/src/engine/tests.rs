@@ -237,63 +237,51 @@ fn in_batch_softmax_step_matches_candle_with_offsets_and_exclusions() {
     }
 }
 
+/// Loss and gradients of a BCE step, then of an in-batch softmax step, on the same batch.
+type TwoSteps = (f64, Vec<f32>, f64, Vec<f32>);
+
+fn two_steps(engine: &mut CpuEngine, data: &Batch, rows: usize) -> TwoSteps {
+    let u: Vec<&[u32]> = data.users.iter().map(Vec::as_slice).collect();
+    let i: Vec<&[u32]> = data.items.iter().map(Vec::as_slice).collect();
+    let (users, items) = (side_ids(&u, rows), side_ids(&i, rows));
+    let bce = engine
+        .bce_step(&users, &items, &data.labels, (Some(4), Some(5)))
+        .unwrap();
+    let bce_grads = engine.grads().to_vec();
+    let spec = SoftmaxLoss {
+        scale: 10.0,
+        column_offsets: None,
+        excluded: &[],
+    };
+    let softmax = engine
+        .in_batch_softmax_step(&users, &items, &spec, (None, None))
+        .unwrap();
+    (bce, bce_grads, softmax, engine.grads().to_vec())
+}
+
+fn assert_same_bits(a: &TwoSteps, b: &TwoSteps, what: &str) {
+    assert_eq!(a.0.to_bits(), b.0.to_bits(), "{what}: bce loss");
+    assert!(a.1 == b.1, "{what}: bce gradients differ");
+    assert_eq!(a.2.to_bits(), b.2.to_bits(), "{what}: softmax loss");
+    assert!(a.3 == b.3, "{what}: softmax gradients differ");
+}
+
 #[test]
 fn steps_give_the_same_bits_on_any_number_of_threads() {
     let model = Dssm::new(config(0), 9, &Device::Cpu).unwrap();
-    let rows = 700;
+    let rows = 1300; // three shards, the last partial
     let data = batch(rows, rows, 3);
-    let u: Vec<&[u32]> = data.users.iter().map(Vec::as_slice).collect();
-    let i: Vec<&[u32]> = data.items.iter().map(Vec::as_slice).collect();
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         let mut engine = CpuEngine::new(&model).unwrap();
-        pool.install(|| {
-            let bce = engine
-                .bce_step(
-                    &side_ids(&u, rows),
-                    &side_ids(&i, rows),
-                    &data.labels,
-                    (Some(1), Some(2)),
-                )
-                .unwrap();
-            let bce_grads = engine.grads().to_vec();
-            let spec = SoftmaxLoss {
-                scale: 10.0,
-                column_offsets: None,
-                excluded: &[],
-            };
-            let softmax = engine
-                .in_batch_softmax_step(
-                    &side_ids(&u, rows),
-                    &side_ids(&i, rows),
-                    &spec,
-                    (None, None),
-                )
-                .unwrap();
-            (bce, bce_grads, softmax, engine.grads().to_vec())
-        })
+        pool.install(|| two_steps(&mut engine, &data, rows))
     };
     let one = run(1);
     for threads in [2, 3] {
-        let other = run(threads);
-        assert_eq!(
-            one.0.to_bits(),
-            other.0.to_bits(),
-            "{threads} threads: bce loss"
-        );
-        assert!(one.1 == other.1, "{threads} threads: bce gradients differ");
-        assert_eq!(
-            one.2.to_bits(),
-            other.2.to_bits(),
-            "{threads} threads: softmax loss"
-        );
-        assert!(
-            one.3 == other.3,
-            "{threads} threads: softmax gradients differ"
-        );
+        assert_same_bits(&one, &run(threads), &format!("{threads} threads"));
     }
 }
 
@@ -302,43 +290,11 @@ fn a_smaller_batch_after_a_larger_one_gives_a_fresh_engines_result() {
     // Buffers grown by a large batch must not leak into a later, smaller one (an epoch's last).
     let model = random_model(config(0), 12);
     let (big, small) = (batch(1100, 1100, 1), batch(37, 37, 2));
-    let cols = |b: &Batch| -> (Vec<Vec<u32>>, Vec<Vec<u32>>) { (b.users.clone(), b.items.clone()) };
-    let run = |engine: &mut CpuEngine, b: &Batch, rows: usize| {
-        let (users, items) = cols(b);
-        let u: Vec<&[u32]> = users.iter().map(Vec::as_slice).collect();
-        let i: Vec<&[u32]> = items.iter().map(Vec::as_slice).collect();
-        let bce = engine
-            .bce_step(
-                &side_ids(&u, rows),
-                &side_ids(&i, rows),
-                &b.labels,
-                (Some(4), Some(5)),
-            )
-            .unwrap();
-        let bce_grads = engine.grads().to_vec();
-        let spec = SoftmaxLoss {
-            scale: 5.0,
-            column_offsets: None,
-            excluded: &[],
-        };
-        let softmax = engine
-            .in_batch_softmax_step(
-                &side_ids(&u, rows),
-                &side_ids(&i, rows),
-                &spec,
-                (None, None),
-            )
-            .unwrap();
-        (bce, bce_grads, softmax, engine.grads().to_vec())
-    };
     let mut reused = CpuEngine::new(&model).unwrap();
-    run(&mut reused, &big, 1100);
-    let after_big = run(&mut reused, &small, 37);
-    let fresh = run(&mut CpuEngine::new(&model).unwrap(), &small, 37);
-    assert_eq!(after_big.0, fresh.0, "bce loss");
-    assert!(after_big.1 == fresh.1, "bce gradients");
-    assert_eq!(after_big.2, fresh.2, "softmax loss");
-    assert!(after_big.3 == fresh.3, "softmax gradients");
+    two_steps(&mut reused, &big, 1100);
+    let after_big = two_steps(&mut reused, &small, 37);
+    let fresh = two_steps(&mut CpuEngine::new(&model).unwrap(), &small, 37);
+    assert_same_bits(&after_big, &fresh, "after a larger batch");
 }
 
 #[test]
