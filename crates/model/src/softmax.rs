@@ -51,31 +51,22 @@ pub fn softmax_cross_entropy(
             "softmax_cross_entropy: offsets {d:?} fit neither [{columns}] nor [{rows}, {columns}]"
         ),
     };
-    for &(i, j) in excluded {
-        if i as usize >= rows || j as usize >= columns {
-            candle_core::bail!("softmax_cross_entropy: excluded entry ({i}, {j}) is outside");
-        }
-        if targets[i as usize] == j {
-            candle_core::bail!("softmax_cross_entropy: row {i} excludes its own target {j}");
-        }
+    if let Err(problem) = check_excluded(rows, columns, excluded, |i| targets[i]) {
+        candle_core::bail!("softmax_cross_entropy: {problem}");
     }
     if scores.device().is_cpu() && scores.dtype() == DType::F32 {
         let offsets = match offsets {
             Some(o) => Some(o.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
             None => None,
         };
-        let mut by_row: Vec<(u32, u32)> = excluded.to_vec();
-        by_row.sort_unstable();
-        let op = SoftmaxXent(Arc::new(SoftmaxRows {
-            scale: scale as f32,
+        let rows = SoftmaxRows::new(
+            scale as f32,
+            (offsets, per_entry),
+            excluded,
+            targets.to_vec(),
             columns,
-            offsets,
-            per_entry,
-            excluded: by_row,
-            targets: targets.to_vec(),
-            log_sum_exp: Mutex::new(Vec::new()),
-        }));
-        return scores.contiguous()?.apply_op1(op);
+        );
+        return scores.contiguous()?.apply_op1(SoftmaxXent(Arc::new(rows)));
     }
     softmax_cross_entropy_unfused(scores, scale, offsets, excluded, targets)
 }
@@ -130,7 +121,48 @@ pub(crate) struct SoftmaxRows {
     pub(crate) log_sum_exp: Mutex<Vec<f32>>,
 }
 
+/// Checks that every excluded `(row, column)` entry lies in a `[rows x columns]` matrix and is
+/// not its row's target (`target(row)`).
+pub(crate) fn check_excluded(
+    rows: usize,
+    columns: usize,
+    excluded: &[(u32, u32)],
+    target: impl Fn(usize) -> u32,
+) -> Result<(), String> {
+    for &(i, j) in excluded {
+        if i as usize >= rows || j as usize >= columns {
+            return Err(format!("excluded entry ({i}, {j}) is outside"));
+        }
+        if target(i as usize) == j {
+            return Err(format!("row {i} excludes its own target {j}"));
+        }
+    }
+    Ok(())
+}
+
 impl SoftmaxRows {
+    /// The rows of a `[targets.len() x columns]` score matrix: `offsets` per column (or per entry
+    /// when the flag is set), `excluded` entries in any order (checked by [`check_excluded`]).
+    pub(crate) fn new(
+        scale: f32,
+        (offsets, per_entry): (Option<Vec<f32>>, bool),
+        excluded: &[(u32, u32)],
+        targets: Vec<u32>,
+        columns: usize,
+    ) -> Self {
+        let mut excluded = excluded.to_vec();
+        excluded.sort_unstable();
+        SoftmaxRows {
+            scale,
+            columns,
+            offsets,
+            per_entry,
+            excluded,
+            targets,
+            log_sum_exp: Mutex::new(Vec::new()),
+        }
+    }
+
     /// Row `i`'s logits into `z` (excluded entries at -inf).
     pub(crate) fn logits(&self, i: usize, scores: &[f32], z: &mut [f32]) {
         let c = self.columns;

@@ -63,7 +63,7 @@ pub use plan::{ParamSlot, check_supported};
 pub use softmax::SoftmaxLoss;
 
 use kernels::{add_assign, dot};
-use plan::TowerPlan;
+use plan::{TowerPlan, unsupported};
 use tower::TowerWork;
 
 /// Rows per shard: the unit of parallel work, fixed so results do not depend on the thread count.
@@ -112,6 +112,13 @@ fn shards(rows: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Lengthens `buffer` to `len` values when it is shorter (buffers only grow, so steps reuse them).
+fn grow(buffer: &mut Vec<f32>, len: usize) {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+}
+
 fn grow_work(work: &mut Vec<TowerWork>, n: usize) {
     if work.len() < n {
         work.resize_with(n, TowerWork::default);
@@ -123,10 +130,11 @@ impl CpuEngine {
     pub fn new(model: &Dssm) -> Result<Self, ModelError> {
         check_supported(model.config())?;
         if !model.device().is_cpu() || model.dtype() != DType::F32 {
-            return Err(ModelError::Unsupported {
-                what: "the CPU engine",
-                problem: format!("a {:?} model on {:?}", model.dtype(), model.device()),
-            });
+            return Err(unsupported(format!(
+                "a {:?} model on {:?}",
+                model.dtype(),
+                model.device()
+            )));
         }
         let mut slots = Vec::new();
         let mut offset = 0;
@@ -142,10 +150,9 @@ impl CpuEngine {
         let user = plan::tower_plan(model.config(), Side::User, &slots)?;
         let item = plan::tower_plan(model.config(), Side::Item, &slots)?;
         if user.dense.end != item.table.start || item.dense.end != offset {
-            return Err(ModelError::Unsupported {
-                what: "the CPU engine",
-                problem: "variables besides the two towers' tables, SENet and MLP".into(),
-            });
+            return Err(unsupported(
+                "variables besides the two towers' tables, SENet and MLP",
+            ));
         }
         let mut engine = CpuEngine {
             user,
@@ -192,10 +199,9 @@ impl CpuEngine {
         if same {
             Ok(())
         } else {
-            Err(ModelError::Unsupported {
-                what: "the CPU engine",
-                problem: "a model whose variables differ from the engine's".into(),
-            })
+            Err(unsupported(
+                "a model whose variables differ from the engine's",
+            ))
         }
     }
 

@@ -56,6 +56,16 @@ pub(crate) struct LayerPlan {
     pub(crate) bias: usize,
 }
 
+impl LayerPlan {
+    /// The layer's weight `[output x input]` and bias inside the tower's dense region.
+    pub(crate) fn weights<'a>(&self, dense: &'a [f32]) -> (&'a [f32], &'a [f32]) {
+        (
+            &dense[self.weight..self.weight + self.input * self.output],
+            &dense[self.bias..self.bias + self.output],
+        )
+    }
+}
+
 /// One tower as the engine runs it.
 #[derive(Debug, Clone)]
 pub(crate) struct TowerPlan {
@@ -101,7 +111,8 @@ impl TowerPlan {
     }
 }
 
-fn unsupported(problem: impl Into<String>) -> ModelError {
+/// The error for something the engine cannot run.
+pub(crate) fn unsupported(problem: impl Into<String>) -> ModelError {
     ModelError::Unsupported {
         what: "the CPU engine",
         problem: problem.into(),

@@ -4,10 +4,11 @@
 
 use crate::config::Squeeze;
 
+use super::grow;
 use super::kernels::{
     act_backward, bias_act_forward, column_sums, dot, matmul_a_wt, matmul_d_w, matmul_dt_a,
 };
-use super::plan::{LayerPlan, SenetPlan};
+use super::plan::SenetPlan;
 use crate::ops::Act;
 
 /// SENet's buffers on one shard.
@@ -27,12 +28,6 @@ pub(crate) struct SenetWork {
     d_weights: Vec<f32>,
     d_hidden: Vec<f32>,
     d_squeezed: Vec<f32>,
-}
-
-fn grow(buffer: &mut Vec<f32>, len: usize) {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
 }
 
 /// The fields, embedding width and bottleneck of one tower's SENet.
@@ -68,14 +63,6 @@ impl SenetWork {
     }
 }
 
-/// A layer's weight and bias inside the dense region.
-fn weights<'a>(dense: &'a [f32], layer: &LayerPlan) -> (&'a [f32], &'a [f32]) {
-    (
-        &dense[layer.weight..layer.weight + layer.input * layer.output],
-        &dense[layer.bias..layer.bias + layer.output],
-    )
-}
-
 /// SENet's forward pass: `out = x * expand(weights)` for field embeddings `x` `[rows x fields * dim]`.
 pub(crate) fn forward(
     plan: &SenetPlan,
@@ -97,8 +84,8 @@ pub(crate) fn forward(
             }
         }
     }
-    let (w1, b1) = weights(dense, &plan.fc1);
-    let (w2, b2) = weights(dense, &plan.fc2);
+    let (w1, b1) = plan.fc1.weights(dense);
+    let (w2, b2) = plan.fc2.weights(dense);
     let h_pre = &mut work.hidden_pre[..rows * hidden];
     matmul_a_wt(h_pre, s, w1, rows, hidden, fields);
     let h = &mut work.hidden[..rows * hidden];
@@ -145,8 +132,8 @@ pub(crate) fn backward(
     }
     act_backward(da, &work.weights_pre[..rows * fields], Act::Sigmoid, &[]);
     let (fc1, fc2) = (&plan.fc1, &plan.fc2);
-    let (w1, _) = weights(dense, fc1);
-    let (w2, _) = weights(dense, fc2);
+    let (w1, _) = fc1.weights(dense);
+    let (w2, _) = fc2.weights(dense);
     let h = &work.hidden[..rows * hidden];
     matmul_dt_a(
         &mut grads[fc2.weight..fc2.weight + fields * hidden],

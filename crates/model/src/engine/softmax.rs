@@ -2,12 +2,10 @@
 //! items, row blocks in parallel for the scores, the softmax and the users' gradient, column
 //! blocks for the items' gradient. Blocks have a fixed size, so the bits do not depend on threads.
 
-use std::sync::Mutex;
-
 use rayon::prelude::*;
 
 use crate::error::ModelError;
-use crate::softmax::SoftmaxRows;
+use crate::softmax::{SoftmaxRows, check_excluded};
 
 use super::kernels::{matmul_a_wt, matmul_d_w, matmul_dt_a_columns, softmax_row};
 use super::{CpuEngine, SideIds, StepSeeds, grow_work, shards, tower};
@@ -53,15 +51,7 @@ fn check(b: usize, c: usize, loss: &SoftmaxLoss<'_>) -> Result<(), ModelError> {
     {
         return Err(bad(format!("{} column offsets for {c} columns", o.len())));
     }
-    for &(i, j) in loss.excluded {
-        if i as usize >= b || j as usize >= c {
-            return Err(bad(format!("excluded entry ({i}, {j}) is outside")));
-        }
-        if i == j {
-            return Err(bad(format!("row {i} excludes its own target")));
-        }
-    }
-    Ok(())
+    check_excluded(b, c, loss.excluded, |i| i as u32).map_err(bad)
 }
 
 impl CpuEngine {
@@ -148,17 +138,13 @@ fn score_and_backpropagate(
     inv_temperature: f32,
     loss: &SoftmaxLoss<'_>,
 ) -> f64 {
-    let mut excluded = loss.excluded.to_vec();
-    excluded.sort_unstable();
-    let rows = SoftmaxRows {
-        scale: inv_temperature * loss.scale,
-        columns: c,
-        offsets: loss.column_offsets.map(<[f32]>::to_vec),
-        per_entry: false,
-        excluded,
-        targets: (0..b as u32).collect(),
-        log_sum_exp: Mutex::new(Vec::new()),
-    };
+    let rows = SoftmaxRows::new(
+        inv_temperature * loss.scale,
+        (loss.column_offsets.map(<[f32]>::to_vec), false),
+        loss.excluded,
+        (0..b as u32).collect(),
+        c,
+    );
     let factor = rows.scale / b.max(1) as f32;
     sw.scores.resize(b * c, 0.0);
     sw.d_users.resize(b * d, 0.0);

@@ -10,13 +10,13 @@ use crate::config::Pooling;
 use crate::dropout::dropout_mask_range;
 use crate::error::ModelError;
 
-use super::SideIds;
 use super::kernels::{
     act_backward, bias_act_forward, column_sums, copy_row, dot, matmul_a_wt, matmul_d_w,
     matmul_dt_a,
 };
-use super::plan::{LayerPlan, TowerPlan};
+use super::plan::TowerPlan;
 use super::senet::{self, SenetWork};
+use super::{SideIds, grow};
 
 const L2_EPS: f32 = 1e-12;
 
@@ -49,12 +49,6 @@ pub(crate) struct TowerWork {
     pub(crate) d_fields: Vec<f32>,
     /// This shard's gradient of the tower's dense region (SENet, MLP), laid out as the region.
     pub(crate) grads: Vec<f32>,
-}
-
-fn grow(buffer: &mut Vec<f32>, len: usize) {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
 }
 
 impl TowerWork {
@@ -217,12 +211,20 @@ fn senet_shape(plan: &TowerPlan, rows: usize) -> senet::Shape {
     }
 }
 
-/// A layer's weight and bias inside the dense region.
-fn weights<'a>(dense: &'a [f32], layer: &LayerPlan) -> (&'a [f32], &'a [f32]) {
-    (
-        &dense[layer.weight..layer.weight + layer.input * layer.output],
-        &dense[layer.bias..layer.bias + layer.output],
-    )
+/// The input of layer `i` over `rows` rows: the field embeddings (after SENet when the tower has
+/// it) for the first layer, the previous hidden layer's activation otherwise.
+fn layer_input<'a>(
+    plan: &TowerPlan,
+    (i, rows): (usize, usize),
+    (fields, reweighted): (&'a [f32], &'a [f32]),
+    post: &'a [Vec<f32>],
+) -> &'a [f32] {
+    let len = rows * plan.layers[i].input;
+    match (i, &plan.senet) {
+        (0, Some(_)) => &reweighted[..len],
+        (0, None) => &fields[..len],
+        _ => &post[i - 1][..len],
+    }
 }
 
 fn mlp_forward(
@@ -236,14 +238,10 @@ fn mlp_forward(
     let last = plan.layers.len() - 1;
     work.masked = dropout_seed.is_some() && plan.dropout > 0.0;
     for (i, layer) in plan.layers.iter().enumerate() {
-        let (w, b) = weights(dense, layer);
+        let (w, b) = layer.weights(dense);
         let n = rows * layer.output;
         let (done, rest) = work.post.split_at_mut(i);
-        let input: &[f32] = match (i, &plan.senet) {
-            (0, Some(_)) => &work.reweighted[..rows * layer.input],
-            (0, None) => &work.fields[..rows * layer.input],
-            _ => &done[i - 1][..rows * layer.input],
-        };
+        let input = layer_input(plan, (i, rows), (&work.fields, &work.reweighted), done);
         if i == last {
             let out = &mut work.out[..n];
             matmul_a_wt(out, input, w, rows, layer.output, layer.input);
@@ -304,12 +302,13 @@ pub(crate) fn backward(plan: &TowerPlan, params: &[f32], work: &mut TowerWork) {
             };
             act_backward(g, &work.pre[i][..rows * layer.output], plan.act, mask);
         }
-        let input: &[f32] = match (i, &plan.senet) {
-            (0, Some(_)) => &work.reweighted[..rows * layer.input],
-            (0, None) => &work.fields[..rows * layer.input],
-            _ => &work.post[i - 1][..rows * layer.input],
-        };
-        let (w, _) = weights(dense, layer);
+        let input = layer_input(
+            plan,
+            (i, rows),
+            (&work.fields, &work.reweighted),
+            &work.post,
+        );
+        let (w, _) = layer.weights(dense);
         let grads = &mut work.grads;
         let w_range = layer.weight..layer.weight + layer.input * layer.output;
         matmul_dt_a(
