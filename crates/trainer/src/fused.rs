@@ -3,45 +3,44 @@
 //! engine holds the weights while an epoch trains; [`CpuEngine::store`] writes them back into the
 //! model before validation and checkpoints.
 
-use dssm_model::Dssm;
-use dssm_model::engine::{CpuEngine, SideIds, SoftmaxLoss};
+use candle_core::Device;
+use dssm_model::ModelConfig;
+use dssm_model::engine::{CpuEngine, SideIds, SoftmaxLoss, check_supported};
 
 use crate::config::{EngineKind, LossKind, RunConfig};
 use crate::error::TrainError;
 use crate::tables::{GatherBuffers, SideTable};
 
-/// The losses the engine computes.
-fn engine_loss(kind: LossKind) -> bool {
-    matches!(kind, LossKind::Bce | LossKind::InBatchSoftmax)
-}
-
-/// The engine for this run, or `None` to train through Candle (see [`EngineKind`]).
-pub(crate) fn engine_for(
+/// Whether this run trains on the engine (see [`EngineKind`]): decided from the config, the
+/// model config and the device, before anything is written; an error when `train.engine` is
+/// `fused` and the engine cannot run it.
+pub(crate) fn uses_engine(
     config: &RunConfig,
-    model: &Dssm,
-) -> Result<Option<CpuEngine>, TrainError> {
+    model: &ModelConfig,
+    device: &Device,
+) -> Result<bool, TrainError> {
     let kind = config.train.engine;
     if kind == EngineKind::Candle {
-        return Ok(None);
+        return Ok(false);
     }
-    let refuse = |problem: String| TrainError::Unsupported {
-        message: format!("train.engine = \"fused\": {problem}; use \"auto\" or \"candle\""),
+    let problem = if !matches!(config.loss.kind, LossKind::Bce | LossKind::InBatchSoftmax) {
+        Some(format!(
+            "loss.kind {:?} runs through Candle only",
+            config.loss.kind
+        ))
+    } else if !device.is_cpu() {
+        Some(format!("device {:?} is not the CPU", config.train.device))
+    } else {
+        check_supported(model).err().map(|e| e.to_string())
     };
-    if !engine_loss(config.loss.kind) {
-        return match kind {
-            EngineKind::Fused => Err(refuse(format!(
-                "loss.kind {:?} runs through Candle only",
-                config.loss.kind
-            ))),
-            _ => Ok(None),
-        };
-    }
-    match (CpuEngine::new(model), kind) {
-        (Ok(engine), _) => Ok(Some(engine)),
-        (Err(e), EngineKind::Fused) => Err(refuse(e.to_string())),
-        (Err(e), _) => {
-            tracing::info!("training through Candle: {e}");
-            Ok(None)
+    match (problem, kind) {
+        (None, _) => Ok(true),
+        (Some(problem), EngineKind::Fused) => Err(TrainError::Unsupported {
+            message: format!("train.engine = \"fused\": {problem}; use \"auto\" or \"candle\""),
+        }),
+        (Some(problem), _) => {
+            tracing::info!("training through Candle: {problem}");
+            Ok(false)
         }
     }
 }
@@ -51,14 +50,16 @@ pub(crate) fn engine_for(
 pub(crate) struct FusedBuffers {
     users: GatherBuffers,
     items: GatherBuffers,
+    /// The batch's item rows: its positives, then its shared negatives.
+    item_rows: Vec<u32>,
     offsets: Vec<f32>,
 }
 
 /// One batch of the epoch, as the step sees it.
 pub(crate) struct FusedBatch<'a> {
     pub(crate) users: &'a [u32],
-    /// The batch's items: one per user, then the shared negatives (in-batch softmax).
-    pub(crate) items: &'a [u32],
+    /// The batch's items: one per user, and the shared negatives (in-batch softmax).
+    pub(crate) items: (&'a [u32], &'a [u32]),
     pub(crate) labels: &'a [f32],
     /// ln q of each item (in-batch softmax with the log-Q correction).
     pub(crate) log_q: Option<&'a dyn Fn(u32) -> f32>,
@@ -74,14 +75,23 @@ pub(crate) fn fused_loss(
     buffers: &mut FusedBuffers,
 ) -> Result<f64, TrainError> {
     let (user_table, item_table) = tables;
-    let user_columns = user_table.gather(batch.users, &mut buffers.users);
-    let item_columns = item_table.gather(batch.items, &mut buffers.items);
+    let FusedBuffers {
+        users: user_buffers,
+        items: item_buffers,
+        item_rows,
+        offsets,
+    } = buffers;
+    item_rows.clear();
+    item_rows.extend_from_slice(batch.items.0);
+    item_rows.extend_from_slice(batch.items.1);
+    let user_columns = user_table.gather(batch.users, user_buffers);
+    let item_columns = item_table.gather(item_rows, item_buffers);
     let users = SideIds {
         rows: batch.users.len(),
         columns: &user_columns,
     };
     let items = SideIds {
-        rows: batch.items.len(),
+        rows: item_rows.len(),
         columns: &item_columns,
     };
     let seed = batch.dropout_seed;
@@ -90,13 +100,13 @@ pub(crate) fn fused_loss(
         LossKind::InBatchSoftmax => {
             let offsets = match batch.log_q {
                 Some(q) => {
-                    buffers.offsets.clear();
-                    buffers.offsets.extend(batch.items.iter().map(|&i| q(i)));
-                    Some(buffers.offsets.as_slice())
+                    offsets.clear();
+                    offsets.extend(item_rows.iter().map(|&i| q(i)));
+                    Some(offsets.as_slice())
                 }
                 None => None,
             };
-            let excluded = crate::loss::accidental_hits(batch.items, batch.users.len());
+            let excluded = crate::loss::accidental_hits(item_rows, batch.users.len());
             let loss = SoftmaxLoss {
                 scale: (1.0 / config.loss.temperature) as f32,
                 column_offsets: offsets,

@@ -158,6 +158,20 @@ struct OptimizerMeta {
     names: Vec<String>,
 }
 
+/// [`Optimizer::step_flat`] was given buffers that do not hold its variables.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "flat optimizer step over {values} values and {grads} gradients; the variables hold {expected}"
+)]
+pub struct FlatLayoutError {
+    /// Length of the values buffer.
+    pub values: usize,
+    /// Length of the gradient buffer.
+    pub grads: usize,
+    /// Values the optimizer's variables hold together.
+    pub expected: usize,
+}
+
 /// Why optimizer state could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -232,7 +246,7 @@ impl Optimizer {
                 .flatten_all()?
                 .to_dtype(candle_core::DType::F32)?
                 .to_vec1::<f32>()?;
-            rule.apply(&mut theta, &grad, &mut param.first, &mut param.second);
+            rule.apply_fast(&mut theta, &grad, &mut param.first, &mut param.second);
             let updated = Tensor::from_vec(theta, tensor.shape(), &Device::Cpu)?
                 .to_dtype(tensor.dtype())?
                 .to_device(tensor.device())?;
@@ -244,14 +258,19 @@ impl Optimizer {
     /// Applies one update to flat buffers: `values` holds every variable one after another in
     /// the order given to [`Optimizer::new`] (`dssm_model::engine::CpuEngine::params`), `grads`
     /// their gradients, laid out the same way. The variables themselves are not touched.
-    pub fn step_flat(&mut self, values: &mut [f32], grads: &[f32], lr: f64) -> Result<(), String> {
-        let total: usize = self.params.iter().map(|p| p.first.len()).sum();
-        if values.len() != total || grads.len() != total {
-            return Err(format!(
-                "flat step over {} values and {} gradients for {total} optimized values",
-                values.len(),
-                grads.len()
-            ));
+    pub fn step_flat(
+        &mut self,
+        values: &mut [f32],
+        grads: &[f32],
+        lr: f64,
+    ) -> Result<(), FlatLayoutError> {
+        let expected: usize = self.params.iter().map(|p| p.first.len()).sum();
+        if values.len() != expected || grads.len() != expected {
+            return Err(FlatLayoutError {
+                values: values.len(),
+                grads: grads.len(),
+                expected,
+            });
         }
         self.steps += 1;
         let rule = UpdateRule::new(&self.config, self.steps, lr);
@@ -536,6 +555,59 @@ mod tests {
         };
         let mut other = Optimizer::new(&sgd, vec![("w".into(), w2)]);
         assert!(other.load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn the_flat_step_updates_exactly_as_the_variable_step() {
+        // Two variables, gradients that change with the weights and the step; every kind with
+        // weight decay (and momentum for SGD). After 5 steps both paths hold the same bits.
+        for kind in [
+            OptimizerKind::Adam,
+            OptimizerKind::Adamw,
+            OptimizerKind::Sgd,
+            OptimizerKind::Adagrad,
+        ] {
+            let config = OptimizerConfig {
+                kind,
+                lr: 0.05,
+                weight_decay: 0.01,
+                momentum: 0.9,
+                beta1: 0.8,
+                beta2: 0.95,
+                ..Default::default()
+            };
+            let a = Var::new(&[1.0f32, -0.5, 2.0], &Device::Cpu).unwrap();
+            let b = Var::new(&[0.3f32, -1.2], &Device::Cpu).unwrap();
+            let vars = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+            let mut by_var = Optimizer::new(&config, vars.clone());
+            let mut flat_opt = Optimizer::new(&config, vars);
+            let mut flat: Vec<f32> = [&a, &b]
+                .iter()
+                .flat_map(|v| v.as_tensor().to_vec1::<f32>().unwrap())
+                .collect();
+            for step in 0..5 {
+                let s = step as f64 + 1.0;
+                let loss = ((a.as_tensor().sqr().unwrap() * s)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    + (b.as_tensor() * (-0.7 * s)).unwrap().sum_all().unwrap())
+                .unwrap();
+                let grads = loss.backward().unwrap();
+                let g: Vec<f32> = [&a, &b]
+                    .iter()
+                    .flat_map(|v| grads.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap())
+                    .collect();
+                by_var.step(&grads, config.lr).unwrap();
+                flat_opt.step_flat(&mut flat, &g, config.lr).unwrap();
+            }
+            let by_var_values: Vec<f32> = [&a, &b]
+                .iter()
+                .flat_map(|v| v.as_tensor().to_vec1::<f32>().unwrap())
+                .collect();
+            assert_eq!(flat, by_var_values, "{kind:?}");
+            assert!(flat_opt.step_flat(&mut flat[..4], &[0.0; 4], 0.1).is_err());
+        }
     }
 
     #[test]

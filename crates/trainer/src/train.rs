@@ -569,6 +569,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
         None,
         open_dataset(&data_path, config.data.protocol)?,
     )?;
+    let fused = crate::fused::uses_engine(config, &prepared.model_config, &prepared.device)?;
     let info = RunInfo {
         seed: config.train.seed,
         code_version: code_version(),
@@ -663,7 +664,10 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
             (model, state)
         }
     };
-    let mut engine = crate::fused::engine_for(config, &model)?;
+    let mut engine = fused
+        .then(|| CpuEngine::new(&model))
+        .transpose()
+        .map_err(TrainError::model)?;
     tracing::info!(
         "training on {}",
         if engine.is_some() {
@@ -1232,10 +1236,7 @@ fn log_q(
     q: impl Fn(usize) -> f64,
     device: &Device,
 ) -> Result<Tensor, TrainError> {
-    let values: Vec<f32> = items
-        .iter()
-        .map(|&i| q(i as usize).max(1e-12).ln() as f32)
-        .collect();
+    let values: Vec<f32> = items.iter().map(|&i| ln_q(q(i as usize))).collect();
     Tensor::from_vec(values, shape, device).map_err(TrainError::tensor("building log-Q"))
 }
 
@@ -1251,8 +1252,13 @@ fn in_batch_log_q(item_q: &ItemQ, rows: usize, shared: usize) -> Option<impl Fn(
             Some(ps) => rows as f64 * batch[i] + shared as f64 * ps[i],
             None => batch[i],
         };
-        q.max(1e-12).ln() as f32
+        ln_q(q)
     })
+}
+
+/// The log-Q offset of a probability (or expected count) `q`, floored at 1e-12.
+fn ln_q(q: f64) -> f32 {
+    q.max(1e-12).ln() as f32
 }
 
 /// How the steps of an epoch are computed: Candle's autograd on the model, or the CPU engine.
@@ -1286,7 +1292,6 @@ fn epoch_bar(options: &TrainOptions, rows: usize, epoch: usize, epochs: usize) -
 }
 
 /// Trains one epoch; returns (mean loss, steps, last learning rate).
-#[allow(clippy::too_many_arguments)]
 fn run_epoch(
     context: &EpochContext<'_>,
     mut stepper: Stepper<'_>,
@@ -1310,8 +1315,6 @@ fn run_epoch(
     let mut total_loss = 0.0f64;
     let mut lr = config.optimizer.lr;
     for step in 0..steps {
-        let start = step * batch_size;
-        let end = (start + batch_size).min(n);
         lr = learning_rate(
             &config.schedule,
             config.optimizer.lr,
@@ -1353,16 +1356,16 @@ fn run_epoch(
                 let (params, grads) = engine.params_mut();
                 optimizer
                     .step_flat(params, grads, lr)
-                    .map_err(|message| TrainError::Run {
+                    .map_err(|e| TrainError::Run {
                         path: run_dir.to_path_buf(),
-                        message,
+                        message: e.to_string(),
                     })?;
                 value
             }
         };
         state.global_step += 1;
         total_loss += f64::from(value);
-        bar.inc((end - start) as u64);
+        bar.inc(step_rows(context, step).0.len() as u64);
         if step % 20 == 0 {
             bar.set_message(format!("loss {:.4}", total_loss / (step + 1) as f64));
         }
@@ -1372,19 +1375,14 @@ fn run_epoch(
 }
 
 /// The rows of step `step` and, for in-batch softmax, its shared negatives.
-fn step_rows<'r>(
-    context: &EpochContext<'_>,
-    rows: &'r EpochRows,
-    step: usize,
-) -> (std::ops::Range<usize>, &'r [u32]) {
-    let batch_size = context.config.train.batch_size;
+fn step_rows<'r>(context: &EpochContext<'r>, step: usize) -> (std::ops::Range<usize>, &'r [u32]) {
+    let (rows, batch_size) = (context.rows, context.config.train.batch_size);
     let start = step * batch_size;
     let end = (start + batch_size).min(rows.users.len());
     let shared = shared_negatives(context.config);
     (
         start..end,
-        &rows.negatives[(step * shared).min(rows.negatives.len())
-            ..((step + 1) * shared).min(rows.negatives.len())],
+        &rows.negatives[step * shared..(step + 1) * shared],
     )
 }
 
@@ -1406,10 +1404,8 @@ fn fused_step(
     buffers: &mut FusedBuffers,
 ) -> Result<f64, TrainError> {
     let (config, rows) = (context.config, context.rows);
-    let (range, shared) = step_rows(context, rows, step);
+    let (range, shared) = step_rows(context, step);
     let users = &rows.users[range.clone()];
-    let mut items = rows.items[range.clone()].to_vec();
-    items.extend_from_slice(shared);
     let log_q = if config.loss.kind == LossKind::InBatchSoftmax {
         in_batch_log_q(context.item_q, users.len(), shared.len())
     } else {
@@ -1417,7 +1413,7 @@ fn fused_step(
     };
     let batch = FusedBatch {
         users,
-        items: &items,
+        items: (&rows.items[range.clone()], shared),
         labels: &rows.labels[range],
         log_q: log_q.as_ref().map(|q| q as &dyn Fn(u32) -> f32),
         dropout_seed,
@@ -1451,7 +1447,7 @@ fn candle_loss(
     } = *context;
     let mc = &prepared.model_config;
     let device = &prepared.device;
-    let (range, shared) = step_rows(context, rows, step);
+    let (range, shared) = step_rows(context, step);
     let (start, end) = (range.start, range.end);
     let b = end - start;
     let mode = Mode::Train { seed: dropout_seed };
@@ -2002,6 +1998,13 @@ dir = {out:?}
                 config.sampler.strategy = SamplerStrategy::Uniform;
             }
             let report = train(&config, &TrainOptions::default()).unwrap();
+            // `auto` trains sampled softmax through Candle (the engine does not compute it).
+            let engine = if loss == "sampled_softmax" {
+                "candle"
+            } else {
+                "fused"
+            };
+            assert_eq!(report.metrics.engine, engine, "{loss}");
             let retrieval = report.metrics.retrieval.unwrap();
             let random = 50.0 / retrieval.candidates as f64;
             let val = hr(retrieval.val.as_ref().unwrap(), 50);
@@ -2009,6 +2012,24 @@ dir = {out:?}
             assert!(val > 1.5 * random, "{loss}: val HR@50 {val}");
             assert_eq!(retrieval.test.len(), 2);
         }
+    }
+
+    #[test]
+    fn the_fused_engine_refuses_what_it_cannot_compute() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = leave_last_out_dataset(dir.path());
+        let out = dir.path().join("sampled");
+        let mut config = retrieval_config(&data, &out, "sampled_softmax");
+        config.train.engine = crate::config::EngineKind::Fused;
+        let err = train(&config, &TrainOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("train.engine") && err.contains("SampledSoftmax"),
+            "{err}"
+        );
+        // Refused before the run folder is touched.
+        assert!(!out.exists(), "{} was created", out.display());
     }
 
     #[test]
