@@ -121,13 +121,48 @@ fn side_ids(config: &ModelConfig, side: Side, rows: usize, seed: u64) -> Vec<Vec
         .collect()
 }
 
-fn adam(model: &Dssm) -> Optimizer {
-    let config = OptimizerConfig {
-        kind: OptimizerKind::Adam,
-        lr: 1e-3,
-        ..OptimizerConfig::default()
-    };
-    Optimizer::new(&config, model.named_vars().to_vec())
+/// A model of `config` with its engine and Adam, and one fixed batch of `rows` examples.
+struct Case {
+    engine: CpuEngine,
+    optimizer: Optimizer,
+    users: Vec<Vec<u32>>,
+    items: Vec<Vec<u32>>,
+    rows: usize,
+}
+
+impl Case {
+    fn new(config: ModelConfig, rows: usize) -> Self {
+        let model = Dssm::new(config.clone(), 1, &Device::Cpu).unwrap();
+        let adam = OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            lr: 1e-3,
+            ..OptimizerConfig::default()
+        };
+        Case {
+            engine: CpuEngine::new(&model).unwrap(),
+            optimizer: Optimizer::new(&adam, model.named_vars().to_vec()),
+            users: side_ids(&config, Side::User, rows, 1),
+            items: side_ids(&config, Side::Item, rows, 100),
+            rows,
+        }
+    }
+
+    /// One training step: `loss` runs the engine on the batch, then Adam updates the weights.
+    fn step(&mut self, loss: impl FnOnce(&mut CpuEngine, &SideIds<'_>, &SideIds<'_>)) {
+        let u: Vec<&[u32]> = self.users.iter().map(Vec::as_slice).collect();
+        let i: Vec<&[u32]> = self.items.iter().map(Vec::as_slice).collect();
+        let users = SideIds {
+            rows: self.rows,
+            columns: &u,
+        };
+        let items = SideIds {
+            rows: self.rows,
+            columns: &i,
+        };
+        loss(&mut self.engine, &users, &items);
+        let (params, grads) = self.engine.params_mut();
+        self.optimizer.step_flat(params, grads, 1e-3).unwrap();
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -135,81 +170,43 @@ fn bench(c: &mut Criterion) {
     group.sample_size(30);
     let b = 2048;
     group.throughput(Throughput::Elements(b as u64));
+    let labels: Vec<f32> = ids(b, 5, 1, 7)
+        .iter()
+        .map(|&v| (v == 0) as u32 as f32)
+        .collect();
     for senet in [true, false] {
-        let config = reference(senet);
-        let model = Dssm::new(config.clone(), 1, &Device::Cpu).unwrap();
-        let users = side_ids(&config, Side::User, b, 1);
-        let items = side_ids(&config, Side::Item, b, 100);
-        let labels: Vec<f32> = ids(b, 5, 1, 7)
-            .iter()
-            .map(|&v| (v == 0) as u32 as f32)
-            .collect();
-        let (u, i): (Vec<&[u32]>, Vec<&[u32]>) = (
-            users.iter().map(Vec::as_slice).collect(),
-            items.iter().map(Vec::as_slice).collect(),
-        );
-        let mut engine = CpuEngine::new(&model).unwrap();
-        let mut optimizer = adam(&model);
+        let mut case = Case::new(reference(senet), b);
         let mut step = 0u64;
         let name = format!("bce_senet_{}_b{b}", if senet { "on" } else { "off" });
         group.bench_function(name, |bench| {
             bench.iter(|| {
                 step += 1;
-                let (users, items) = (
-                    SideIds {
-                        rows: b,
-                        columns: &u,
-                    },
-                    SideIds {
-                        rows: b,
-                        columns: &i,
-                    },
-                );
-                let seeds = (Some(step), Some(step));
-                engine.bce_step(&users, &items, &labels, seeds).unwrap();
-                let (params, grads) = engine.params_mut();
-                optimizer.step_flat(params, grads, 1e-3).unwrap();
+                case.step(|engine, users, items| {
+                    let seeds = (Some(step), Some(step));
+                    engine.bce_step(users, items, &labels, seeds).unwrap();
+                })
             })
         });
     }
     let b = 512;
     group.throughput(Throughput::Elements(b as u64));
-    let config = retrieval();
-    let model = Dssm::new(config.clone(), 1, &Device::Cpu).unwrap();
-    let users = side_ids(&config, Side::User, b, 1);
-    let items = side_ids(&config, Side::Item, b, 100);
     let log_q: Vec<f32> = ids(b, 1000, 1, 9)
         .iter()
         .map(|&v| -(v as f32) / 100.0)
         .collect();
-    let (u, i): (Vec<&[u32]>, Vec<&[u32]>) = (
-        users.iter().map(Vec::as_slice).collect(),
-        items.iter().map(Vec::as_slice).collect(),
-    );
-    let mut engine = CpuEngine::new(&model).unwrap();
-    let mut optimizer = adam(&model);
+    let mut case = Case::new(retrieval(), b);
     group.bench_function(format!("in_batch_softmax_b{b}"), |bench| {
         bench.iter(|| {
-            let (users, items) = (
-                SideIds {
-                    rows: b,
-                    columns: &u,
-                },
-                SideIds {
-                    rows: b,
-                    columns: &i,
-                },
-            );
-            let loss = SoftmaxLoss {
-                scale: 20.0,
-                column_offsets: Some(&log_q),
-                excluded: &[],
-            };
-            engine
-                .in_batch_softmax_step(&users, &items, &loss, (None, None))
-                .unwrap();
-            let (params, grads) = engine.params_mut();
-            optimizer.step_flat(params, grads, 1e-3).unwrap();
+            case.step(|engine, users, items| {
+                let loss = SoftmaxLoss {
+                    scale: 20.0,
+                    column_offsets: Some(&log_q),
+                    excluded: &[],
+                };
+                engine
+                    .in_batch_softmax_step(users, items, &loss, (None, None))
+                    .unwrap();
+            })
         })
     });
     group.finish();
