@@ -79,6 +79,7 @@ fn ml1m_counts_match_the_published_dataset_under_both_protocols() {
                 assert_eq!(manifest.rows.test, 6_040);
                 assert_eq!(manifest.rows.val, 6_040);
             }
+            Protocol::Time => unreachable!("only seed and leave-last-out are prepared here"),
         }
     }
 }

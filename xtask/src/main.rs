@@ -53,7 +53,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         "acceptance" => acceptance(&rest),
-        "bench-data" => run_cargo(&["bench", "-p", "dssm-data", "--bench", "prepare"], &rest),
+        "bench-data" => bench_data(&rest),
         "bench-sampler" => run_cargo(&["bench", "-p", "dssm-sampler"], &rest),
         "bench-model" => run_cargo(&["bench", "-p", "dssm-model"], &rest),
         "bench-train" => bench_train::run(&rest),
@@ -77,7 +77,7 @@ fn print_help() {
     println!(
         "\nRepository tasks:\n  \
          acceptance           real-data checks on ../shared/datasets/ml-1m-bench (skipped, saying so, when absent)\n  \
-         bench-data           time and peak memory of preparing ML-1M end to end\n  \
+         bench-data [--scale-only] [--rows N]\n                              preparing ML-1M end to end (criterion), then N (default 100M)\n                              synthetic interactions from Parquet: wall time and peak memory\n  \
          bench-sampler        negative sampling draws/s against the RNG alone and a baseline\n  \
          bench-model          forward+backward+step samples/s of the reference architecture\n  \
          bench-train          wall, samples/s and peak memory of the training recipes and one step \
@@ -96,6 +96,26 @@ fn workspace_root() -> PathBuf {
 
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+}
+
+/// `bench-data`: the criterion bench of `prepare` (unless `--scale-only`), then the scale bench
+/// with the remaining arguments (`--rows N`, `--users N`, `--items N`, `--keep DIR`).
+fn bench_data(rest: &[String]) -> Result<()> {
+    let scale_only = rest.iter().any(|a| a == "--scale-only");
+    let scale_args: Vec<String> = rest
+        .iter()
+        .filter(|a| *a != "--scale-only")
+        .cloned()
+        .collect();
+    if !scale_only {
+        run_cargo(&["bench", "-p", "dssm-data", "--bench", "prepare"], &[])?;
+    }
+    let mut args = vec!["--".to_string()];
+    args.extend(scale_args);
+    run_cargo(
+        &["bench", "-p", "dssm-data", "--bench", "spec_scale"],
+        &args,
+    )
 }
 
 fn run_cargo(base: &[&str], extra: &[String]) -> Result<()> {

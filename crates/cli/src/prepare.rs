@@ -16,11 +16,29 @@ pub const DOWNLOAD_ZIP: &str = "datasets/downloads/ml-1m.zip";
 
 /// Options of `dssm prepare-data`.
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Examples:\n  \
+#[command(
+    after_help = "Your own data: --spec names a dataset spec (TOML) that declares the \
+    interaction log (CSV or Parquet), optional user and item tables, each feature's kind, the label \
+    and the split; see README \"Your own data\". --print-spec shows the MovieLens preset as a spec.\n\n\
+    Examples:\n  \
     dssm prepare-data --dataset synthetic                      # offline, seconds\n  \
     dssm prepare-data --source ~/ml-1m.zip --protocol leave-last-out\n  \
-    dssm prepare-data --dataset ml-1m                          # downloads ml-1m.zip, md5-checked")]
+    dssm prepare-data --dataset ml-1m                          # downloads ml-1m.zip, md5-checked\n  \
+    dssm prepare-data --spec my-shop.toml --out datasets/prepared/shop"
+)]
 pub struct PrepareArgs {
+    /// A dataset spec (TOML) for your own interaction log; its settings replace the MovieLens
+    /// options below.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["source", "dataset", "protocol", "min_count", "min_share",
+            "label_threshold", "rating_buckets", "leaky_item_stats", "print_spec"]
+    )]
+    pub spec: Option<PathBuf>,
+    /// Print the MovieLens preset of these options as a dataset spec and exit (nothing is read).
+    #[arg(long)]
+    pub print_spec: bool,
     /// A MovieLens folder (users.dat/movies.dat/ratings.dat, or u.user/u.item/u.data) or ml-1m.zip. Without
     /// it, ml-1m is read from datasets/downloads/ml-1m.zip, downloaded and verified there first if absent.
     #[arg(long, value_name = "DIR|ZIP")]
@@ -98,9 +116,19 @@ impl From<ProtocolArg> for Protocol {
     }
 }
 
-/// Runs `prepare-data` and prints its summary.
-pub fn run(args: &PrepareArgs, command_line: &str) -> Result<PrepareSummary> {
+/// Runs `prepare-data` and prints its summary (or, with `--print-spec`, the preset).
+pub fn run(args: &PrepareArgs, command_line: &str) -> Result<Option<PrepareSummary>> {
+    if let Some(spec) = &args.spec {
+        return run_spec(args, spec, command_line).map(Some);
+    }
     let request = request_from_args(args, command_line)?;
+    if args.print_spec {
+        print!(
+            "{}",
+            dssm_data::movielens::preset(&request).to_toml_string()
+        );
+        return Ok(None);
+    }
     let bar = crate::progress::spinner();
     let report = |stage: PrepareStage| {
         let message = describe(&stage);
@@ -111,6 +139,35 @@ pub fn run(args: &PrepareArgs, command_line: &str) -> Result<PrepareSummary> {
         .with_context(|| format!("prepare-data into {} failed", request.out_dir.display()))?;
     bar.finish_and_clear();
     print_summary(&summary, request.protocol, request.item_statistics);
+    Ok(Some(summary))
+}
+
+/// `prepare-data --spec FILE`.
+fn run_spec(args: &PrepareArgs, path: &Path, command_line: &str) -> Result<PrepareSummary> {
+    let spec = dssm_data::DatasetSpec::load(path)?;
+    let output = dssm_data::SpecOutput {
+        out_dir: args
+            .out
+            .clone()
+            .unwrap_or_else(|| Path::new(PREPARED_ROOT).join(&spec.name)),
+        overwrite: args.overwrite,
+        command: command_line.to_string(),
+    };
+    let bar = crate::progress::spinner();
+    let report = |stage: PrepareStage| {
+        let message = describe(&stage);
+        tracing::debug!("{message}");
+        bar.set_message(message);
+    };
+    let summary = dssm_data::prepare_spec(&spec, &output, &report)
+        .with_context(|| format!("prepare-data into {} failed", output.out_dir.display()))?;
+    bar.finish_and_clear();
+    let protocol = match spec.split {
+        dssm_data::SplitSpec::Seed { .. } => Protocol::Seed,
+        dssm_data::SplitSpec::LeaveLastOut => Protocol::LeaveLastOut,
+        dssm_data::SplitSpec::Time { .. } => Protocol::Time,
+    };
+    print_summary(&summary, protocol, spec.item_statistics);
     Ok(summary)
 }
 
@@ -172,6 +229,7 @@ fn describe(stage: &PrepareStage) -> String {
         PrepareStage::Downloading { url } => format!("downloading {url}"),
         PrepareStage::Generating { ratings } => format!("generating {ratings} synthetic ratings"),
         PrepareStage::Reading { source } => format!("reading {source}"),
+        PrepareStage::ReadingRows { rows } => format!("read {rows} interactions"),
         PrepareStage::Parsed {
             users,
             movies,
@@ -192,16 +250,22 @@ fn print_summary(summary: &PrepareSummary, protocol: Protocol, item_statistics: 
     println!("dataset      {}", summary.out_dir.display());
     println!("protocol     {}", protocol.name());
     println!(
-        "ratings      {} (train {}, val {}, test {})",
+        "interactions {} (train {}, val {}, test {})",
         rows.total(),
         rows.train,
         rows.val,
         rows.test
     );
     println!(
-        "users        {}\nmovies       {} ({} rated, {} in train)",
+        "users        {}\nitems        {} ({} with interactions, {} in train)",
         summary.users, summary.items, summary.rated_items, summary.train_items
     );
+    if summary.dropped_interactions > 0 {
+        println!(
+            "dropped      {} interactions whose user or item is not in its table",
+            summary.dropped_interactions
+        );
+    }
     println!("positives    {:.1}%", summary.positive_share * 100.0);
     if item_statistics == ItemStatistics::AllRows {
         println!("LEAKY        movie rating mean/count features use every rating, test included");

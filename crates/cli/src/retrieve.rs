@@ -93,26 +93,32 @@ impl From<SplitArg> for Split {
 /// Options of `dssm recommend`.
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "A known user is looked up by MovieLens user id; a new user is described by \
-    gender, age and occupation only (the user id and every other user feature are unknown to the \
-    model). Candidates are the movies seen in train.\n\nExamples:\n  \
+    after_help = "A known user is looked up by key (MovieLens: the user id; your own data: the \
+    user column's value). A new user is described by features: `--feature NAME=VALUE` for any \
+    user feature (or its source column, e.g. zip_code=48067 for the zip prefix), or MovieLens's \
+    --gender, --age and --occupation; every feature not given is unknown to the model. \
+    Candidates are the items seen in train.\n\nExamples:\n  \
     dssm recommend --run runs/quickstart --user 42 --exclude-seen\n  \
     dssm recommend --run runs/quickstart --gender F --age 25 --occupation 4 -k 20\n  \
+    dssm recommend --run runs/shop --feature segment=student --feature country=FR\n  \
     dssm recommend --run runs/quickstart --user 42 --index hnsw   # approximate search"
 )]
 pub struct RecommendArgs {
     /// A run folder written by `dssm train`.
     #[arg(long, value_name = "DIR")]
     pub run: PathBuf,
-    /// A MovieLens user id from the dataset's users.dat.
+    /// A user key from the dataset (MovieLens: the user id).
     #[arg(
         long,
-        value_name = "ID",
-        required_unless_present_all = ["gender", "age", "occupation"],
-        conflicts_with_all = ["gender", "age", "occupation"]
+        value_name = "KEY",
+        required_unless_present_any = ["gender", "feature"],
+        conflicts_with_all = ["gender", "age", "occupation", "feature"]
     )]
-    pub user: Option<u32>,
-    /// A new user's gender.
+    pub user: Option<String>,
+    /// A new user's feature value, as NAME=VALUE (repeatable).
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_feature, help_heading = "New user")]
+    pub feature: Vec<(String, String)>,
+    /// A new user's gender (MovieLens).
     #[arg(long, value_parser = ["M", "F"], requires_all = ["age", "occupation"], help_heading = "New user")]
     pub gender: Option<String>,
     /// A new user's age group code (MovieLens-1M: 1, 18, 25, 35, 45, 50, 56).
@@ -121,11 +127,11 @@ pub struct RecommendArgs {
     /// A new user's occupation code (MovieLens-1M: 0 to 20).
     #[arg(long, value_name = "N", requires_all = ["gender", "age"], help_heading = "New user")]
     pub occupation: Option<u32>,
-    /// How many movies to show.
+    /// How many items to show.
     #[arg(short = 'k', long = "top", default_value_t = 10)]
     pub k: usize,
-    /// Hide every movie the user has rated (train, val and test). A new user has rated nothing.
-    #[arg(long, conflicts_with = "gender")]
+    /// Hide every item the user has interacted with (train, val and test). A new user has none.
+    #[arg(long, conflicts_with_all = ["gender", "feature"])]
     pub exclude_seen: bool,
     /// Exact search, or an HNSW graph built over the item embeddings (approximate).
     #[arg(long, value_enum, default_value_t = IndexArg::Exact)]
@@ -139,6 +145,28 @@ pub enum IndexArg {
     Exact,
     /// An HNSW graph (approximate).
     Hnsw,
+}
+
+fn parse_feature(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, found {text:?}")),
+    }
+}
+
+impl RecommendArgs {
+    /// The new user's given feature values: `--feature` pairs, then MovieLens's shortcuts.
+    fn new_user(&self) -> Vec<(String, String)> {
+        let mut given = self.feature.clone();
+        if let (Some(gender), Some(age), Some(occupation)) =
+            (&self.gender, self.age, self.occupation)
+        {
+            given.push(("gender".into(), gender.clone()));
+            given.push(("age".into(), age.to_string()));
+            given.push(("occupation".into(), occupation.to_string()));
+        }
+        given
+    }
 }
 
 /// Runs `export` and prints what was written.
@@ -317,31 +345,25 @@ pub fn recommend(args: &RecommendArgs) -> Result<()> {
     let items = EmbeddingMatrix::new(dataset.items.movie_id.clone(), dim, items)?;
     let candidates = candidate_matrix(&items, &dataset.items.train_count)?;
 
-    let (mut query, seen, who) = match (args.user, &args.gender, args.age, args.occupation) {
-        (Some(user_id), ..) => {
-            let row = user_row(&dataset.users.user_id, user_id)?;
+    let (mut query, seen, who) = match &args.user {
+        Some(key) => {
+            let row = user_row(&dataset.users.key, key)?;
             let (users, _) = loaded
                 .embeddings(Side::User, batch_size)
                 .context("cannot compute the user embeddings")?;
             let query = users[row * dim..(row + 1) * dim].to_vec();
             let seen = rated_by(dataset, row)?;
             let who = format!(
-                "{user_id} ({}, age {}, occupation {}; {} ratings)",
-                dataset.users.gender[row],
-                dataset.users.age[row],
-                dataset.users.occupation[row],
+                "{key} ({}{} interactions)",
+                describe(&dataset.users.attributes, row),
                 seen.len()
             );
             (query, seen, who)
         }
-        (None, Some(gender), Some(age), Some(occupation)) => {
-            let new_user = NewUser {
-                gender: gender.clone(),
-                age,
-                occupation,
-            };
+        None => {
+            let given = args.new_user();
             let specs: Vec<FeatureSpec> = config.side_features(Side::User).cloned().collect();
-            let encoded = encode_new_user(&specs, &new_user, &dataset.vocabularies);
+            let encoded = encode_new_user(&specs, &given, &dataset.vocabularies);
             for note in &encoded.notes {
                 println!("note         {note}");
             }
@@ -361,10 +383,10 @@ pub fn recommend(args: &RecommendArgs) -> Result<()> {
                 .flatten_all()?
                 .to_dtype("f32".parse()?)?
                 .to_vec1::<f32>()?;
-            let who = format!("new ({gender}, age {age}, occupation {occupation})");
+            let described: Vec<String> = given.iter().map(|(n, v)| format!("{n} {v}")).collect();
+            let who = format!("new ({})", described.join(", "));
             (query, Vec::new(), who)
         }
-        _ => bail!("give --user ID, or --gender, --age and --occupation for a new user"),
     };
     if config.similarity == Similarity::Cosine {
         l2_normalize_rows(&mut query, dim);
@@ -399,9 +421,9 @@ pub fn recommend(args: &RecommendArgs) -> Result<()> {
     println!("run          {}", loaded.run_dir.display());
     println!("user         {who}");
     println!(
-        "index        {index_line}, {candidate_count} candidates (movies in train){}",
+        "index        {index_line}, {candidate_count} candidates (items in train){}",
         if args.exclude_seen {
-            format!(", {} rated movies hidden", seen.len())
+            format!(", {} seen items hidden", seen.len())
         } else {
             String::new()
         }
@@ -423,16 +445,23 @@ pub fn recommend(args: &RecommendArgs) -> Result<()> {
         .collect();
     print!(
         "{}",
-        format_recommendations(&top[0], |id| {
-            let row = rows.get(&id).copied()?;
-            Some(MovieInfo {
-                title: &dataset.items.title[row],
-                year: dataset.items.year[row],
-                genres: &dataset.items.genres[row],
-            })
-        })
+        format_recommendations(&top[0], &dataset.items, |id| rows.get(&id).copied())
     );
     Ok(())
+}
+
+/// `name value, ...; ` of a row's display attributes (empty without any).
+fn describe(attributes: &dssm_data::Attributes, row: usize) -> String {
+    let parts: Vec<String> = attributes
+        .columns
+        .iter()
+        .map(|(name, values)| format!("{name} {}", values[row].as_deref().unwrap_or("-")))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{}; ", parts.join(", "))
+    }
 }
 
 // ---- Records ----
@@ -568,7 +597,7 @@ fn load(run: &Path) -> Result<LoadedRun> {
 }
 
 fn require_leave_last_out(dataset: &Dataset) -> Result<()> {
-    if dataset.manifest.protocol != Protocol::LeaveLastOut {
+    if !dataset.manifest.protocol.is_retrieval() {
         bail!(
             "evaluate-retrieval needs a dataset prepared with --protocol leave-last-out, but {} was \
              prepared for protocol {}",
@@ -677,17 +706,15 @@ fn gather_rows(data: &[f32], dim: usize, rows: &[u32]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// The users-table row of a raw MovieLens user id.
-fn user_row(user_ids: &[u32], user_id: u32) -> Result<usize> {
-    user_ids.iter().position(|&id| id == user_id).ok_or_else(|| {
-        let (min, max) = (
-            user_ids.iter().min().copied().unwrap_or(0),
-            user_ids.iter().max().copied().unwrap_or(0),
-        );
+/// The users-table row of a raw user key.
+fn user_row(keys: &[String], key: &str) -> Result<usize> {
+    keys.iter().position(|k| k == key).ok_or_else(|| {
+        let examples: Vec<&str> = keys.iter().take(3).map(String::as_str).collect();
         anyhow::anyhow!(
-            "user {user_id} is not in the dataset ({} users, ids {min} to {max}); describe a new \
-             user with --gender, --age and --occupation instead",
-            user_ids.len()
+            "user {key:?} is not in the dataset ({} users, e.g. {}); describe a new user with \
+             --feature NAME=VALUE (MovieLens: --gender, --age and --occupation) instead",
+            keys.len(),
+            examples.join(", ")
         )
     })
 }
@@ -712,14 +739,6 @@ fn rated_by(dataset: &Dataset, row: usize) -> Result<Vec<u32>> {
     Ok(seen)
 }
 
-/// A new user described by the attributes of users.dat.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct NewUser {
-    gender: String,
-    age: u32,
-    occupation: u32,
-}
-
 /// One column of a one-row user batch.
 #[derive(Debug, Clone, PartialEq)]
 enum NewUserColumn {
@@ -735,66 +754,43 @@ struct EncodedNewUser {
     notes: Vec<String>,
 }
 
-/// Encodes a new user for the model's user features (`specs`, in config order): gender, age and
-/// occupation through the train-fitted vocabularies; every other feature (user id, zip prefix, ...)
-/// is the unknown index 0 (all-padding for a multi-valued feature, zeros for a dense one).
+/// Encodes a new user for the model's user features (`specs`, in config order): each given
+/// `(name, value)` names a feature or its source column (e.g. `zip_code` for `zip_prefix`) and is
+/// encoded through the train-fitted vocabulary (buckets, hash, prefix, standardisation); every
+/// other feature is the unknown index 0 (all-padding for a multi-valued feature, zeros for a
+/// dense one).
 fn encode_new_user(
     specs: &[FeatureSpec],
-    user: &NewUser,
+    given: &[(String, String)],
     vocabularies: &Vocabularies,
 ) -> EncodedNewUser {
-    let given = [
-        ("gender", user.gender.clone()),
-        ("age", user.age.to_string()),
-        ("occupation", user.occupation.to_string()),
-    ];
     let mut notes = Vec::new();
+    let mut used = vec![false; given.len()];
     let columns = specs
         .iter()
         .map(|spec| {
-            let raw = given
+            let vocabulary = vocabularies.get(&spec.name).ok();
+            let source = vocabulary.and_then(|v| v.column.as_deref());
+            let found = given
                 .iter()
-                .find(|(name, _)| *name == spec.name)
-                .map(|(_, raw)| raw);
-            let id = match raw {
-                Some(raw) => match vocabularies.get(&spec.name) {
-                    Ok(vocabulary) => {
-                        let id = vocabulary.encode(raw);
-                        if id == 0 {
-                            notes.push(format!(
-                                "{} {raw} is not in the train vocabulary (known: {}); it is \
-                                 encoded as unknown",
-                                spec.name,
-                                vocabulary.values[1..].join(", ")
-                            ));
-                        }
-                        id
-                    }
-                    Err(_) => {
-                        notes.push(format!(
-                            "the dataset has no vocabulary for {}; it is encoded as unknown",
-                            spec.name
-                        ));
-                        0
-                    }
-                },
-                None => 0,
+                .position(|(name, _)| *name == spec.name || Some(name.as_str()) == source);
+            let Some(i) = found else {
+                return unknown_column(spec);
             };
-            match spec.kind {
-                FeatureKind::Categorical { .. } => NewUserColumn::Ids(vec![id]),
-                FeatureKind::MultiCategorical { max_len, .. } => {
-                    let mut ids = vec![0; max_len];
-                    if let Some(first) = ids.first_mut() {
-                        *first = id;
-                    }
-                    NewUserColumn::Ids(ids)
-                }
-                FeatureKind::Dense { dim } => NewUserColumn::Dense(vec![0.0; dim]),
-            }
+            used[i] = true;
+            let raw = &given[i].1;
+            let Some(vocabulary) = vocabulary else {
+                notes.push(format!(
+                    "the dataset has no vocabulary for {}; it is encoded as unknown",
+                    spec.name
+                ));
+                return unknown_column(spec);
+            };
+            encode_given(spec, vocabulary, raw, &mut notes)
         })
         .collect();
-    for (name, raw) in &given {
-        if !specs.iter().any(|s| s.name == *name) {
+    for ((name, raw), used) in given.iter().zip(used) {
+        if !used {
             notes.push(format!(
                 "the model does not use {name}; {name} {raw} has no effect"
             ));
@@ -803,39 +799,107 @@ fn encode_new_user(
     EncodedNewUser { columns, notes }
 }
 
-/// What `recommend` shows of a movie.
-struct MovieInfo<'a> {
-    title: &'a str,
-    year: Option<u32>,
-    genres: &'a str,
+fn unknown_column(spec: &FeatureSpec) -> NewUserColumn {
+    match spec.kind {
+        FeatureKind::Categorical { .. } => NewUserColumn::Ids(vec![0]),
+        FeatureKind::MultiCategorical { max_len, .. } => NewUserColumn::Ids(vec![0; max_len]),
+        FeatureKind::Dense { dim } => NewUserColumn::Dense(vec![0.0; dim]),
+    }
 }
 
-fn format_recommendations<'a>(
+/// One given value through its feature's vocabulary.
+fn encode_given(
+    spec: &FeatureSpec,
+    vocabulary: &dssm_data::Vocabulary,
+    raw: &str,
+    notes: &mut Vec<String>,
+) -> NewUserColumn {
+    match spec.kind {
+        FeatureKind::Dense { dim } => {
+            let parsed: Vec<f32> = raw
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| s.parse::<f64>().ok())
+                .map(|x| match vocabulary.standardize {
+                    Some([mean, std]) => ((x - mean) / std) as f32,
+                    None => x as f32,
+                })
+                .collect();
+            if parsed.len() == dim {
+                return NewUserColumn::Dense(parsed);
+            }
+            notes.push(format!(
+                "{} needs {dim} number(s), found {raw:?}; it is encoded as zeros",
+                spec.name
+            ));
+            NewUserColumn::Dense(vec![0.0; dim])
+        }
+        FeatureKind::Categorical { .. } | FeatureKind::MultiCategorical { .. } => {
+            let values: Vec<&str> = match spec.kind {
+                FeatureKind::MultiCategorical { .. } => raw.split('|').collect(),
+                _ => vec![raw],
+            };
+            let mut ids: Vec<u32> = Vec::new();
+            for value in values {
+                let id = vocabulary.encode(value);
+                if id == 0 {
+                    let known = vocabulary.values.get(1..).unwrap_or_default();
+                    let known = if known.is_empty() || known.len() > 30 {
+                        format!("{} values", vocabulary.size().saturating_sub(1))
+                    } else {
+                        known.join(", ")
+                    };
+                    notes.push(format!(
+                        "{} {value} is not in the train vocabulary (known: {known}); it is \
+                         encoded as unknown",
+                        spec.name
+                    ));
+                }
+                ids.push(id);
+            }
+            match spec.kind {
+                FeatureKind::MultiCategorical { max_len, .. } => {
+                    ids.retain(|&id| id != 0);
+                    ids.resize(max_len, 0);
+                    NewUserColumn::Ids(ids)
+                }
+                _ => NewUserColumn::Ids(ids),
+            }
+        }
+    }
+}
+
+/// The recommendations as a table: rank, item key, the items' display attributes, score.
+fn format_recommendations(
     top: &[ScoredItem],
-    info: impl Fn(u32) -> Option<MovieInfo<'a>>,
+    items: &dssm_data::ItemTable,
+    row_of: impl Fn(u32) -> Option<usize>,
 ) -> String {
-    let mut out = format!(
-        "{:>4}  {:>6}  {:<50}  {:>4}  {:<30}  {:>8}\n",
-        "rank", "movie", "title", "year", "genres", "score"
-    );
+    let widths: Vec<usize> = items
+        .attributes
+        .columns
+        .iter()
+        .map(|(name, _)| match name.as_str() {
+            "title" => 50,
+            "genres" => 30,
+            _ => name.len().max(8),
+        })
+        .collect();
+    let mut out = format!("{:>4}  {:>8}", "rank", "item");
+    for ((name, _), w) in items.attributes.columns.iter().zip(&widths) {
+        out.push_str(&format!("  {name:<w$}"));
+    }
+    out.push_str(&format!("  {:>8}\n", "score"));
     for (rank, item) in top.iter().enumerate() {
-        let (title, year, genres) = match info(item.id) {
-            Some(m) => (
-                m.title.to_string(),
-                m.year.map_or_else(|| "-".to_string(), |y| y.to_string()),
-                m.genres.to_string(),
-            ),
-            None => ("?".to_string(), "-".to_string(), String::new()),
-        };
-        out.push_str(&format!(
-            "{:>4}  {:>6}  {:<50}  {:>4}  {:<30}  {:>8.4}\n",
-            rank + 1,
-            item.id,
-            title,
-            year,
-            genres,
-            item.score
-        ));
+        let row = row_of(item.id);
+        let key = row.map_or_else(|| item.id.to_string(), |r| items.key[r].clone());
+        out.push_str(&format!("{:>4}  {key:>8}", rank + 1));
+        for ((_, values), w) in items.attributes.columns.iter().zip(&widths) {
+            let value = row.and_then(|r| values[r].as_deref()).unwrap_or("-");
+            out.push_str(&format!("  {value:<w$}"));
+        }
+        out.push_str(&format!("  {:>8.4}\n", item.score));
     }
     out
 }
@@ -921,7 +985,7 @@ fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
-    use dssm_data::{MinFrequency, RawData, RawMovie, RawRating, RawUser};
+    use dssm_data::MinFrequency;
 
     fn parse(args: &[&str]) -> Result<crate::Command, clap::Error> {
         crate::Cli::try_parse_from(std::iter::once("dssm").chain(args.iter().copied()))
@@ -1106,39 +1170,37 @@ mod tests {
     }
 
     fn tiny_vocabularies() -> Vocabularies {
-        let user = |user_id, gender: &str, age, occupation| RawUser {
-            user_id,
-            gender: gender.into(),
-            age,
-            occupation,
-            zip_code: "12345".into(),
+        let vocabulary = |name: &str, values: &[&str]| {
+            let mut all = vec![dssm_data::encode::UNKNOWN.to_string()];
+            all.extend(values.iter().map(|v| v.to_string()));
+            dssm_data::Vocabulary::new(
+                name,
+                dssm_data::Side::User,
+                dssm_data::FeatureKind::Categorical,
+                all,
+            )
         };
-        let rating = |user_row, line| RawRating {
-            user_id: user_row + 1,
-            movie_id: 1,
-            user_row,
-            item_row: 0,
-            rating: 4,
-            timestamp: Some(i64::from(line)),
-            line,
-        };
-        let raw = RawData {
-            users: vec![user(1, "F", 25, 4), user(2, "M", 35, 7)],
-            movies: vec![RawMovie {
-                movie_id: 1,
-                title: "Toy Story (1995)".into(),
-                year: Some(1995),
-                genres: vec!["Comedy".into()],
-            }],
-            ratings: vec![rating(0, 1), rating(1, 2)],
-            ..RawData::default()
-        };
-        Vocabularies::fit(
-            &raw,
-            &[Split::Train, Split::Train],
-            MinFrequency::Count(1),
-            2,
-        )
+        let mut zip = vocabulary("zip_prefix", &["12", "48"]);
+        zip.column = Some("zip_code".into());
+        zip.prefix = Some(2);
+        Vocabularies {
+            min_frequency: MinFrequency::Count(1),
+            train_rows: 2,
+            features: vec![
+                vocabulary("user_id", &["1", "2"]),
+                vocabulary("gender", &["F", "M"]),
+                vocabulary("age", &["25", "35"]),
+                vocabulary("occupation", &["4", "7"]),
+                zip,
+            ],
+        }
+    }
+
+    fn given(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -1151,11 +1213,7 @@ mod tests {
             FeatureSpec::categorical("occupation", Side::User, 3),
             FeatureSpec::categorical("zip_prefix", Side::User, 2),
         ];
-        let user = NewUser {
-            gender: "M".into(),
-            age: 35,
-            occupation: 4,
-        };
+        let user = given(&[("gender", "M"), ("age", "35"), ("occupation", "4")]);
         let encoded = encode_new_user(&specs, &user, &vocabularies);
         let expected = [
             0,
@@ -1177,11 +1235,7 @@ mod tests {
         assert!(encoded.notes.is_empty(), "{:?}", encoded.notes);
 
         // An age outside the vocabulary is unknown, with a note; features the model lacks are noted.
-        let user = NewUser {
-            gender: "F".into(),
-            age: 30,
-            occupation: 7,
-        };
+        let user = given(&[("gender", "F"), ("age", "30"), ("occupation", "7")]);
         let encoded = encode_new_user(&specs[..3], &user, &vocabularies);
         assert_eq!(encoded.columns[2], NewUserColumn::Ids(vec![0]));
         assert!(
@@ -1193,11 +1247,21 @@ mod tests {
     }
 
     #[test]
-    fn unknown_user_ids_are_reported_with_the_known_range() {
-        assert_eq!(user_row(&[5, 9, 7], 7).unwrap(), 2);
-        let error = user_row(&[5, 9, 7], 42).unwrap_err().to_string();
+    fn a_source_column_reaches_its_feature_through_the_prefix() {
+        let vocabularies = tiny_vocabularies();
+        let specs = vec![FeatureSpec::categorical("zip_prefix", Side::User, 3)];
+        let encoded = encode_new_user(&specs, &given(&[("zip_code", "48067")]), &vocabularies);
+        assert_eq!(encoded.columns, [NewUserColumn::Ids(vec![2])]);
+        assert!(encoded.notes.is_empty(), "{:?}", encoded.notes);
+    }
+
+    #[test]
+    fn unknown_user_keys_are_reported_with_examples() {
+        let keys: Vec<String> = ["5", "9", "7", "8"].iter().map(|k| k.to_string()).collect();
+        assert_eq!(user_row(&keys, "7").unwrap(), 2);
+        let error = user_row(&keys, "42").unwrap_err().to_string();
         assert!(
-            error.contains("user 42 is not in the dataset (3 users, ids 5 to 9)"),
+            error.contains("user \"42\" is not in the dataset (4 users, e.g. 5, 9, 7)"),
             "{error}"
         );
     }
@@ -1223,11 +1287,17 @@ mod tests {
         assert!(matches!(
             parse(&["recommend", "--run", "r", "--user", "3"]),
             Ok(crate::Command::Recommend(RecommendArgs {
-                user: Some(3),
+                user: Some(ref key),
                 k: 10,
                 ..
-            }))
+            })) if key == "3"
         ));
+        assert!(matches!(
+            parse(&["recommend", "--run", "r", "--feature", "segment=pro", "--feature", "country=FR"]),
+            Ok(crate::Command::Recommend(RecommendArgs { user: None, ref feature, .. }))
+                if feature.len() == 2 && feature[1] == ("country".to_string(), "FR".to_string())
+        ));
+        assert!(parse(&["recommend", "--run", "r", "--feature", "segment"]).is_err());
         let new_user = parse(&[
             "recommend",
             "--run",
@@ -1441,7 +1511,8 @@ dir = {run:?}
         }
         let error = recommend(&RecommendArgs {
             run: run.clone(),
-            user: Some(99_999),
+            user: Some("99999".into()),
+            feature: Vec::new(),
             gender: None,
             age: None,
             occupation: None,
@@ -1452,7 +1523,7 @@ dir = {run:?}
         .unwrap_err()
         .to_string();
         assert!(
-            error.contains("user 99999 is not in the dataset"),
+            error.contains("user \"99999\" is not in the dataset"),
             "{error}"
         );
         std::fs::remove_dir_all(&dir).unwrap();

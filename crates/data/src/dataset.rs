@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Int64Array, ListArray, RecordBatch, StringArray, UInt8Array, UInt32Array,
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, ListArray, RecordBatch,
+    StringArray, UInt8Array, UInt32Array,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema as ArrowSchema};
@@ -14,11 +15,14 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
-use crate::encode::{EncodedColumn, FeatureKind, ItemTrainStats, MinFrequency, Side, Vocabularies};
+use crate::encode::{EncodedColumn, FeatureKind, MinFrequency, Side, Vocabularies};
 use crate::error::DataError;
-use crate::raw::{RawData, SourceFile};
+use crate::log::InteractionLog;
+use crate::raw::SourceFile;
+use crate::spec::{DatasetSpec, LabelRule};
 use crate::split::{Protocol, Split};
 use crate::synthetic::SyntheticConfig;
+use crate::table::Keys;
 
 /// File names inside a dataset folder.
 pub mod files {
@@ -30,7 +34,7 @@ pub mod files {
     pub const VOCABULARIES: &str = "vocabularies.json";
     /// One row per user.
     pub const USERS: &str = "users.parquet";
-    /// One row per movie.
+    /// One row per item.
     pub const ITEMS: &str = "items.parquet";
 }
 
@@ -72,23 +76,23 @@ impl SplitCounts {
 /// manifest.json: where the dataset came from and what it holds.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
-    /// Layout version of the dataset folder (1).
+    /// Layout version of the dataset folder (2).
     pub format_version: u32,
-    /// `ml-1m`, `ml-100k` or `synthetic`.
+    /// The dataset's name: `ml-1m`, `ml-100k`, `synthetic` or a spec's `name`.
     pub dataset: String,
     /// Split protocol.
     pub protocol: Protocol,
-    /// Split seed (unused by `leave-last-out`, recorded anyway).
+    /// Split seed (used by `seed` only, recorded anyway).
     pub seed: u64,
-    /// Label = rating > this.
-    pub label_threshold: u8,
-    /// Rare-value rule of the vocabularies.
+    /// Which interactions are positives.
+    pub label: LabelRule,
+    /// Default rare-value rule of the vocabularies.
     pub min_frequency: MinFrequency,
-    /// Number of quantile buckets of the per-movie rating mean and count.
-    pub rating_buckets: usize,
-    /// Rows behind the rating mean/count bucket features (`all_rows` = the reference's leak).
+    /// Rows behind the train-statistic features (`all_rows` = the reference's leak).
     #[serde(default)]
     pub item_statistics: crate::encode::ItemStatistics,
+    /// The dataset spec as applied (MovieLens kinds: their preset).
+    pub spec: DatasetSpec,
     /// Source files with md5 and sizes.
     pub source_files: Vec<SourceFile>,
     /// Generator settings when the dataset is synthetic.
@@ -100,14 +104,17 @@ pub struct Manifest {
     pub positives: SplitCounts,
     /// Users in users.parquet.
     pub users: u64,
-    /// Movies in items.parquet.
+    /// Items in items.parquet.
     pub items: u64,
-    /// Movies with at least one rating (any split).
+    /// Items with at least one interaction (any split).
     pub rated_items: u64,
-    /// Movies with at least one train rating.
+    /// Items with at least one train interaction.
     pub train_items: u64,
     /// Share of positive rows over all splits.
     pub positive_share: f64,
+    /// Interactions dropped because their user or item was not in its table (`missing = "drop"`).
+    #[serde(default)]
+    pub dropped_interactions: u64,
     /// The command that created the dataset, as passed by the caller.
     pub command: String,
     /// Creation time, RFC 3339 UTC.
@@ -123,22 +130,29 @@ pub struct FeatureSpec {
     pub name: String,
     /// Tower.
     pub side: Side,
-    /// Single or multi-valued.
+    /// Categorical, multi-valued or dense.
     pub kind: FeatureKind,
-    /// Number of indices, 0 included.
+    /// Number of indices, 0 included (0 for dense features).
     pub vocab_size: usize,
-    /// Longest list (multi-valued features only).
+    /// Slots per row (multi-valued features only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_len: Option<usize>,
+    /// Floats per row (dense features only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
 }
 
-/// schema.json: the feature list.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// schema.json: the feature list and the raw columns kept for display.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Schema {
     /// User features then item features, in column order.
     pub features: Vec<FeatureSpec>,
-    /// Label = rating > this.
-    pub label_threshold: u8,
+    /// Which interactions are positives.
+    pub label: LabelRule,
+    /// Raw user columns kept in users.parquet (as text).
+    pub user_attributes: Vec<String>,
+    /// Raw item columns kept in items.parquet (as text).
+    pub item_attributes: Vec<String>,
 }
 
 impl Schema {
@@ -149,7 +163,7 @@ impl Schema {
 }
 
 /// Encoded features of a table, one column per feature.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct FeatureTable {
     /// Number of rows.
     pub rows: usize,
@@ -165,7 +179,7 @@ impl FeatureTable {
 }
 
 /// One encoded feature column.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FeatureColumn {
     /// Feature name (without the `feature.` prefix).
     pub name: String,
@@ -174,7 +188,7 @@ pub struct FeatureColumn {
 }
 
 /// Values of an encoded feature column.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FeatureValues {
     /// One index per row.
     Categorical(Vec<u32>),
@@ -185,60 +199,98 @@ pub enum FeatureValues {
         /// The padded indices.
         values: Vec<u32>,
     },
+    /// `rows * dim` floats, row-major.
+    Dense {
+        /// Floats per row.
+        dim: usize,
+        /// The values.
+        values: Vec<f32>,
+    },
+}
+
+/// Raw columns kept as text for display, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Attributes {
+    /// `(name, one value per row)`, in schema order.
+    pub columns: Vec<(String, Vec<Option<String>>)>,
+}
+
+impl Attributes {
+    /// The values of a column.
+    pub fn get(&self, name: &str) -> Option<&[Option<String>]> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// One row's value of a column (`None` when the column is absent or the cell empty).
+    pub fn value(&self, name: &str, row: usize) -> Option<&str> {
+        self.get(name)?.get(row)?.as_deref()
+    }
 }
 
 /// users.parquet in memory.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct UserTable {
-    /// Raw user ids; the position is the user row.
+    /// User ids (the key when every key is an integer, else rank + 1); the position is the row.
     pub user_id: Vec<u32>,
-    /// `M` or `F`.
-    pub gender: Vec<String>,
-    /// Raw age (group code).
-    pub age: Vec<u32>,
-    /// Raw occupation code.
-    pub occupation: Vec<u32>,
-    /// Raw zip code.
-    pub zip_code: Vec<String>,
+    /// Raw keys as text.
+    pub key: Vec<String>,
+    /// Raw columns kept for display (MovieLens: gender, age, occupation, zip_code).
+    pub attributes: Attributes,
     /// Encoded user features.
     pub features: FeatureTable,
 }
 
 /// items.parquet in memory.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ItemTable {
-    /// Raw movie ids; the position is the item row.
+    /// Item ids (the key when every key is an integer, else rank + 1); the position is the row.
+    /// Named for MovieLens; any item.
     pub movie_id: Vec<u32>,
-    /// Titles.
-    pub title: Vec<String>,
-    /// Year from the title.
-    pub year: Vec<Option<u32>>,
-    /// Raw genres `A|B`.
-    pub genres: Vec<String>,
-    /// Train interactions per movie.
+    /// Raw keys as text.
+    pub key: Vec<String>,
+    /// Raw columns kept for display (MovieLens: title, year, genres).
+    pub attributes: Attributes,
+    /// Train interactions per item.
     pub train_count: Vec<u32>,
     /// Encoded item features.
     pub features: FeatureTable,
 }
 
+impl ItemTable {
+    /// The row of a raw key.
+    pub fn row_of_key(&self, key: &str) -> Option<usize> {
+        self.key.iter().position(|k| k == key)
+    }
+}
+
+impl UserTable {
+    /// The row of a raw key.
+    pub fn row_of_key(&self, key: &str) -> Option<usize> {
+        self.key.iter().position(|k| k == key)
+    }
+}
+
 /// One split's rows, column by column.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Interactions {
-    /// Raw user ids.
+    /// User ids.
     pub user_id: Vec<u32>,
-    /// Raw movie ids.
+    /// Item ids.
     pub movie_id: Vec<u32>,
     /// Rows in the users table.
     pub user_row: Vec<u32>,
     /// Rows in the items table.
     pub item_row: Vec<u32>,
-    /// Ratings 1..=5.
-    pub rating: Vec<u8>,
-    /// Unix seconds, `None` when the line had none.
+    /// Ratings, `None` without a rating column.
+    pub rating: Vec<Option<f32>>,
+    /// Unix seconds, `None` when the row had none.
     pub timestamp: Vec<Option<i64>>,
-    /// 1-based line in the ratings file.
+    /// 1-based record number in the interactions file (header excluded).
     pub line: Vec<u32>,
-    /// 1 when rating > threshold.
+    /// 1 for a positive.
     pub label: Vec<u8>,
 }
 
@@ -355,165 +407,203 @@ fn list_field(name: &str) -> Field {
     )
 }
 
-fn encoded_cols(columns: Vec<(String, EncodedColumn)>) -> Vec<(Field, ArrayRef)> {
-    columns
-        .into_iter()
-        .map(|(name, column)| {
-            let name = format!("feature.{name}");
-            match column {
-                EncodedColumn::Categorical(v) => u32_col(&name, v),
-                EncodedColumn::Multi(lists) => {
-                    let offsets = OffsetBuffer::from_lengths(lists.iter().map(Vec::len));
-                    let values: Vec<u32> = lists.into_iter().flatten().collect();
-                    let array = ListArray::new(
-                        Arc::new(Field::new_list_field(DataType::UInt32, false)),
-                        offsets,
-                        Arc::new(UInt32Array::from(values)),
-                        None,
-                    );
-                    let array: ArrayRef = Arc::new(array);
-                    (list_field(&name), array)
-                }
-            }
-        })
-        .collect()
+fn encoded_col(name: &str, column: EncodedColumn) -> (Field, ArrayRef) {
+    let name = format!("feature.{name}");
+    match column {
+        EncodedColumn::Categorical(v) => u32_col(&name, v),
+        EncodedColumn::Multi { lists, .. } => {
+            let offsets = OffsetBuffer::from_lengths(lists.iter().map(Vec::len));
+            let values: Vec<u32> = lists.into_iter().flatten().collect();
+            let array = ListArray::new(
+                Arc::new(Field::new_list_field(DataType::UInt32, false)),
+                offsets,
+                Arc::new(UInt32Array::from(values)),
+                None,
+            );
+            (list_field(&name), Arc::new(array) as ArrayRef)
+        }
+        EncodedColumn::Dense { dim, values } => {
+            let item = Arc::new(Field::new_list_field(DataType::Float32, false));
+            let array = FixedSizeListArray::new(
+                item.clone(),
+                dim as i32,
+                Arc::new(Float32Array::from(values)),
+                None,
+            );
+            (
+                Field::new(&name, DataType::FixedSizeList(item, dim as i32), false),
+                Arc::new(array) as ArrayRef,
+            )
+        }
+    }
 }
 
-/// What [`write_tables`] needs besides the raw data.
+fn text_col(name: &str, values: &[Option<String>]) -> (Field, ArrayRef) {
+    let array: StringArray = values.iter().map(Option::as_deref).collect();
+    (Field::new(name, DataType::Utf8, true), Arc::new(array))
+}
+
+/// One side of the dataset as written: keys, display columns and encoded features.
+pub(crate) struct SideOutput<'a> {
+    pub keys: &'a Keys,
+    pub attributes: &'a Attributes,
+    pub features: Vec<(String, EncodedColumn)>,
+}
+
+/// What [`write_tables`] writes besides the JSON files.
 pub(crate) struct TablesInput<'a> {
-    pub raw: &'a RawData,
+    pub users: SideOutput<'a>,
+    pub items: SideOutput<'a>,
+    pub train_count: &'a [u32],
+    pub log: &'a InteractionLog,
     pub splits: &'a [Split],
-    pub vocabularies: &'a Vocabularies,
-    pub item_stats: &'a [ItemTrainStats],
-    /// The statistics the rating mean/count bucket features encode (= `item_stats` unless leaky).
-    pub bucket_stats: &'a [ItemTrainStats],
-    pub label_threshold: u8,
 }
 
-/// Writes schema.json, vocabularies.json and the five Parquet files into `dir`; returns the
-/// schema and the rows and positives per split.
+fn write_side(
+    path: &Path,
+    id_column: &str,
+    key_column: &str,
+    side: SideOutput<'_>,
+    train_count: Option<&[u32]>,
+) -> Result<(), DataError> {
+    let mut cols = vec![
+        u32_col(id_column, side.keys.ids.clone()),
+        str_col(key_column, side.keys.texts.iter()),
+    ];
+    for (name, values) in &side.attributes.columns {
+        cols.push(text_col(name, values));
+    }
+    if let Some(counts) = train_count {
+        cols.push(u32_col("train_count", counts.to_vec()));
+    }
+    for (name, column) in side.features {
+        cols.push(encoded_col(&name, column));
+    }
+    write_parquet(path, &batch(path, cols)?)
+}
+
+/// Writes users.parquet, items.parquet and the three split files into `dir`; returns the rows
+/// and positives per split.
 pub(crate) fn write_tables(
     dir: &Path,
-    input: &TablesInput<'_>,
+    input: TablesInput<'_>,
     mut on_file: impl FnMut(&str),
-) -> Result<(Schema, SplitCounts, SplitCounts), DataError> {
+) -> Result<(SplitCounts, SplitCounts), DataError> {
     let TablesInput {
-        raw,
+        users,
+        items,
+        train_count,
+        log,
         splits,
-        vocabularies,
-        item_stats,
-        bucket_stats,
-        label_threshold,
-    } = *input;
-
-    // Users.
-    let user_features = vocabularies.encode_users(&raw.users)?;
-    let path = dir.join(files::USERS);
+    } = input;
+    let (user_ids, item_ids) = (users.keys.ids.clone(), items.keys.ids.clone());
     on_file(files::USERS);
-    let mut cols = vec![
-        u32_col("user_id", raw.users.iter().map(|u| u.user_id).collect()),
-        str_col("gender", raw.users.iter().map(|u| u.gender.as_str())),
-        u32_col("age", raw.users.iter().map(|u| u.age).collect()),
-        u32_col(
-            "occupation",
-            raw.users.iter().map(|u| u.occupation).collect(),
-        ),
-        str_col("zip_code", raw.users.iter().map(|u| u.zip_code.as_str())),
-    ];
-    cols.extend(encoded_cols(user_features));
-    write_parquet(&path, &batch(&path, cols)?)?;
-
-    // Items.
-    let item_features = vocabularies.encode_items(&raw.movies, bucket_stats)?;
-    let genres_max_len = item_features
-        .iter()
-        .find_map(|(_, c)| match c {
-            EncodedColumn::Multi(lists) => lists.iter().map(Vec::len).max(),
-            EncodedColumn::Categorical(_) => None,
-        })
-        .unwrap_or(0)
-        .max(1);
-    let path = dir.join(files::ITEMS);
+    write_side(&dir.join(files::USERS), "user_id", "user_key", users, None)?;
     on_file(files::ITEMS);
-    let years: UInt32Array = raw.movies.iter().map(|m| m.year).collect();
-    let mut cols = vec![
-        u32_col("movie_id", raw.movies.iter().map(|m| m.movie_id).collect()),
-        str_col("title", raw.movies.iter().map(|m| m.title.as_str())),
-        (
-            Field::new("year", DataType::UInt32, true),
-            Arc::new(years) as ArrayRef,
-        ),
-        str_col("genres", raw.movies.iter().map(|m| m.genres.join("|"))),
-        u32_col("train_count", item_stats.iter().map(|s| s.count).collect()),
-    ];
-    cols.extend(encoded_cols(item_features));
-    write_parquet(&path, &batch(&path, cols)?)?;
-
-    // Schema and vocabularies.
-    let schema = Schema {
-        features: vocabularies
-            .features
-            .iter()
-            .map(|v| FeatureSpec {
-                name: v.name.clone(),
-                side: v.side,
-                kind: v.kind,
-                vocab_size: v.size(),
-                max_len: (v.kind == FeatureKind::MultiCategorical).then_some(genres_max_len),
-            })
-            .collect(),
-        label_threshold,
-    };
-    on_file(files::SCHEMA);
-    write_json(&dir.join(files::SCHEMA), &schema)?;
-    on_file(files::VOCABULARIES);
-    vocabularies.save(&dir.join(files::VOCABULARIES))?;
-
-    // Splits, each in ratings-file order.
+    write_side(
+        &dir.join(files::ITEMS),
+        "movie_id",
+        "item_key",
+        items,
+        Some(train_count),
+    )?;
     let mut rows = SplitCounts::default();
     let mut positives = SplitCounts::default();
     for split in Split::ALL {
         let name = format!("{}.parquet", split.name());
         on_file(&name);
-        let path = dir.join(&name);
-        let chosen: Vec<&crate::raw::RawRating> = raw
-            .ratings
-            .iter()
-            .zip(splits)
-            .filter(|(_, s)| **s == split)
-            .map(|(r, _)| r)
-            .collect();
-        let labels: Vec<u8> = chosen
-            .iter()
-            .map(|r| u8::from(r.rating > label_threshold))
-            .collect();
-        rows.add(split, chosen.len() as u64);
-        positives.add(split, labels.iter().map(|&l| u64::from(l)).sum());
-        let timestamps: Int64Array = chosen.iter().map(|r| r.timestamp).collect();
-        let cols = vec![
-            u32_col("user_id", chosen.iter().map(|r| r.user_id).collect()),
-            u32_col("movie_id", chosen.iter().map(|r| r.movie_id).collect()),
-            u32_col("user_row", chosen.iter().map(|r| r.user_row).collect()),
-            u32_col("item_row", chosen.iter().map(|r| r.item_row).collect()),
-            (
-                Field::new("rating", DataType::UInt8, false),
-                Arc::new(UInt8Array::from(
-                    chosen.iter().map(|r| r.rating).collect::<Vec<_>>(),
-                )) as ArrayRef,
-            ),
-            (
-                Field::new("timestamp", DataType::Int64, true),
-                Arc::new(timestamps) as ArrayRef,
-            ),
-            u32_col("line", chosen.iter().map(|r| r.line).collect()),
-            (
-                Field::new("label", DataType::UInt8, false),
-                Arc::new(UInt8Array::from(labels)) as ArrayRef,
-            ),
-        ];
-        write_parquet(&path, &batch(&path, cols)?)?;
+        let ids = (user_ids.as_slice(), item_ids.as_slice());
+        let (n, p) = write_split(&dir.join(&name), log, splits, split, ids)?;
+        rows.add(split, n);
+        positives.add(split, p);
     }
-    Ok((schema, rows, positives))
+    Ok((rows, positives))
+}
+
+/// Rows of the log per written batch.
+const WRITE_ROWS: usize = 1 << 20;
+
+/// Writes one split's rows in file order, batch by batch; returns rows and positives.
+fn write_split(
+    path: &Path,
+    log: &InteractionLog,
+    splits: &[Split],
+    split: Split,
+    (user_ids, item_ids): (&[u32], &[u32]),
+) -> Result<(u64, u64), DataError> {
+    let file = File::create(path).map_err(|e| DataError::io(path, e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer: Option<ArrowWriter<File>> = None;
+    let (mut rows, mut positives) = (0u64, 0u64);
+    let mut file = Some(file);
+    for start in (0..log.len().max(1)).step_by(WRITE_ROWS) {
+        let end = (start + WRITE_ROWS).min(log.len());
+        let chosen: Vec<usize> = (start..end).filter(|&i| splits[i] == split).collect();
+        if !chosen.is_empty() || writer.is_none() {
+            let b = split_batch(path, log, &chosen, user_ids, item_ids)?;
+            if writer.is_none() {
+                let f = file
+                    .take()
+                    .ok_or_else(|| DataError::parquet(path, "writer lost"))?;
+                writer = Some(
+                    ArrowWriter::try_new(f, b.schema(), Some(props.clone()))
+                        .map_err(|e| DataError::parquet(path, e))?,
+                );
+            }
+            if let Some(w) = writer.as_mut() {
+                w.write(&b).map_err(|e| DataError::parquet(path, e))?;
+            }
+        }
+        rows += chosen.len() as u64;
+        positives += chosen.iter().map(|&i| u64::from(log.label[i])).sum::<u64>();
+    }
+    if let Some(w) = writer {
+        w.close().map_err(|e| DataError::parquet(path, e))?;
+    }
+    Ok((rows, positives))
+}
+
+fn split_batch(
+    path: &Path,
+    log: &InteractionLog,
+    chosen: &[usize],
+    user_ids: &[u32],
+    item_ids: &[u32],
+) -> Result<RecordBatch, DataError> {
+    let users: Vec<u32> = chosen.iter().map(|&i| log.user_row[i]).collect();
+    let items: Vec<u32> = chosen.iter().map(|&i| log.item_row[i]).collect();
+    let timestamps: Int64Array = chosen.iter().map(|&i| log.time(i)).collect();
+    let ratings: Float32Array = chosen.iter().map(|&i| log.rating(i)).collect();
+    let cols = vec![
+        u32_col(
+            "user_id",
+            users.iter().map(|&u| user_ids[u as usize]).collect(),
+        ),
+        u32_col(
+            "movie_id",
+            items.iter().map(|&i| item_ids[i as usize]).collect(),
+        ),
+        u32_col("user_row", users),
+        u32_col("item_row", items),
+        (
+            Field::new("rating", DataType::Float32, true),
+            Arc::new(ratings) as ArrayRef,
+        ),
+        (
+            Field::new("timestamp", DataType::Int64, true),
+            Arc::new(timestamps) as ArrayRef,
+        ),
+        u32_col("line", chosen.iter().map(|&i| log.line[i]).collect()),
+        (
+            Field::new("label", DataType::UInt8, false),
+            Arc::new(UInt8Array::from(
+                chosen.iter().map(|&i| log.label[i]).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+    ];
+    batch(path, cols)
 }
 
 // ---- Reading ----
@@ -613,6 +703,32 @@ fn read_features(
                 }
                 FeatureValues::Multi { max_len, values }
             }
+            FeatureKind::Dense => {
+                let dim = spec.dim.unwrap_or(1);
+                let mut values = Vec::with_capacity(rows * dim);
+                for b in batches {
+                    let list: &FixedSizeListArray =
+                        column(path, b, &name, "FixedSizeList<Float32>")?;
+                    let inner: &Float32Array =
+                        list.values().as_any().downcast_ref().ok_or_else(|| {
+                            DataError::parquet(
+                                path,
+                                format!("column {name:?} is not FixedSizeList<Float32>"),
+                            )
+                        })?;
+                    if list.value_length() as usize != dim {
+                        return Err(DataError::parquet(
+                            path,
+                            format!(
+                                "column {name:?} has {} floats per row, the schema says {dim}",
+                                list.value_length()
+                            ),
+                        ));
+                    }
+                    values.extend_from_slice(inner.values());
+                }
+                FeatureValues::Dense { dim, values }
+            }
         };
         columns.push(FeatureColumn {
             name: spec.name.clone(),
@@ -622,30 +738,47 @@ fn read_features(
     Ok(FeatureTable { rows, columns })
 }
 
+fn optional_strings(
+    path: &Path,
+    batches: &[RecordBatch],
+    name: &str,
+) -> Result<Vec<Option<String>>, DataError> {
+    let mut out = Vec::new();
+    for b in batches {
+        let a: &StringArray = column(path, b, name, "Utf8")?;
+        out.extend(a.iter().map(|s| s.map(str::to_string)));
+    }
+    Ok(out)
+}
+
+fn read_attributes(
+    path: &Path,
+    batches: &[RecordBatch],
+    names: &[String],
+) -> Result<Attributes, DataError> {
+    let columns = names
+        .iter()
+        .map(|n| Ok((n.clone(), optional_strings(path, batches, n)?)))
+        .collect::<Result<_, DataError>>()?;
+    Ok(Attributes { columns })
+}
+
 fn read_users(path: &Path, schema: &Schema) -> Result<UserTable, DataError> {
     let batches = read_batches(path)?;
     Ok(UserTable {
         user_id: u32s(path, &batches, "user_id")?,
-        gender: strings(path, &batches, "gender")?,
-        age: u32s(path, &batches, "age")?,
-        occupation: u32s(path, &batches, "occupation")?,
-        zip_code: strings(path, &batches, "zip_code")?,
+        key: strings(path, &batches, "user_key")?,
+        attributes: read_attributes(path, &batches, &schema.user_attributes)?,
         features: read_features(path, &batches, schema, Side::User)?,
     })
 }
 
 fn read_items(path: &Path, schema: &Schema) -> Result<ItemTable, DataError> {
     let batches = read_batches(path)?;
-    let mut year = Vec::new();
-    for b in &batches {
-        let a: &UInt32Array = column(path, b, "year", "UInt32")?;
-        year.extend(a.iter());
-    }
     Ok(ItemTable {
         movie_id: u32s(path, &batches, "movie_id")?,
-        title: strings(path, &batches, "title")?,
-        year,
-        genres: strings(path, &batches, "genres")?,
+        key: strings(path, &batches, "item_key")?,
+        attributes: read_attributes(path, &batches, &schema.item_attributes)?,
         train_count: u32s(path, &batches, "train_count")?,
         features: read_features(path, &batches, schema, Side::Item)?,
     })
@@ -653,21 +786,21 @@ fn read_items(path: &Path, schema: &Schema) -> Result<ItemTable, DataError> {
 
 fn read_interactions(path: &Path) -> Result<Interactions, DataError> {
     let batches = read_batches(path)?;
-    let mut timestamp = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut timestamp = Vec::with_capacity(rows);
+    let mut rating = Vec::with_capacity(rows);
     for b in &batches {
         let a: &Int64Array = column(path, b, "timestamp", "Int64")?;
-        if a.null_count() == 0 {
-            timestamp.extend(a.values().iter().map(|&t| Some(t)));
-        } else {
-            timestamp.extend(a.iter());
-        }
+        timestamp.extend(a.iter());
+        let a: &Float32Array = column(path, b, "rating", "Float32")?;
+        rating.extend(a.iter());
     }
     Ok(Interactions {
         user_id: u32s(path, &batches, "user_id")?,
         movie_id: u32s(path, &batches, "movie_id")?,
         user_row: u32s(path, &batches, "user_row")?,
         item_row: u32s(path, &batches, "item_row")?,
-        rating: u8s(path, &batches, "rating")?,
+        rating,
         timestamp,
         line: u32s(path, &batches, "line")?,
         label: u8s(path, &batches, "label")?,

@@ -4,8 +4,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::DataError;
-use crate::raw::{RawData, RawMovie, RawUser};
-use crate::split::Split;
 
 /// Which values of a categorical feature get their own index; the others map to 0.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -34,7 +32,7 @@ pub enum Side {
     Item,
 }
 
-/// Single- or multi-valued categorical feature.
+/// What an encoded feature column holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureKind {
@@ -42,18 +40,10 @@ pub enum FeatureKind {
     Categorical,
     /// A list of indices per row (padded with 0 when read).
     MultiCategorical,
+    /// `dim` floats per row (a vector, or a standardised number).
+    Dense,
 }
 
-/// User feature names, in column order.
-pub const USER_FEATURES: [&str; 5] = ["user_id", "gender", "age", "occupation", "zip_prefix"];
-/// Item feature names, in column order.
-pub const ITEM_FEATURES: [&str; 5] = [
-    "movie_id",
-    "genres",
-    "year",
-    "rating_mean_bucket",
-    "rating_count_bucket",
-];
 /// The raw value stored at index 0 of every vocabulary.
 pub const UNKNOWN: &str = "<unk>";
 
@@ -73,28 +63,72 @@ pub struct Vocabulary {
     /// Bucket features only: ascending edges; a value v falls in bucket 1 + #(edges <= v).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edges: Option<Vec<f64>>,
+    /// The source column, when it differs from the feature name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// Only the first this-many characters of a value are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<usize>,
+    /// Hashed features: the number of buckets (index = 1 + FNV-1a(value) mod buckets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_buckets: Option<usize>,
+    /// Standardised numbers: train mean and standard deviation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standardize: Option<[f64; 2]>,
+    /// Dense features: floats per row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
     #[serde(skip)]
     index: HashMap<String, u32>,
 }
 
 impl Vocabulary {
-    fn from_values(name: &str, side: Side, kind: FeatureKind, values: Vec<String>) -> Self {
+    /// A vocabulary whose index `i` is `values[i]` (`values[0]` should be [`UNKNOWN`]).
+    ///
+    /// ```
+    /// use dssm_data::{FeatureKind, Side, Vocabulary};
+    /// let v = Vocabulary::new("gender", Side::User, FeatureKind::Categorical, vec!["<unk>".into(), "F".into()]);
+    /// assert_eq!((v.encode("F"), v.encode("M")), (1, 0));
+    /// ```
+    pub fn new(name: &str, side: Side, kind: FeatureKind, values: Vec<String>) -> Self {
+        Self::from_values(name, side, kind, values)
+    }
+
+    pub(crate) fn from_values(
+        name: &str,
+        side: Side,
+        kind: FeatureKind,
+        values: Vec<String>,
+    ) -> Self {
         let mut v = Self {
             name: name.to_string(),
             side,
             kind,
             values,
             edges: None,
+            column: None,
+            prefix: None,
+            hash_buckets: None,
+            standardize: None,
+            dim: None,
             index: HashMap::new(),
         };
         v.build_index();
         v
     }
 
-    fn build_index(&mut self) {
-        self.index = match self.edges {
-            Some(_) => HashMap::new(),
-            None => self
+    /// A bucket vocabulary over ascending `edges`.
+    pub(crate) fn buckets(name: &str, side: Side, edges: Vec<f64>) -> Self {
+        let mut v = Self::from_values(name, side, FeatureKind::Categorical, bucket_labels(&edges));
+        v.edges = Some(edges);
+        v.build_index();
+        v
+    }
+
+    pub(crate) fn build_index(&mut self) {
+        self.index = match (&self.edges, self.hash_buckets) {
+            (Some(_), _) | (_, Some(_)) => HashMap::new(),
+            (None, None) => self
                 .values
                 .iter()
                 .enumerate()
@@ -104,21 +138,46 @@ impl Vocabulary {
         };
     }
 
-    /// Number of indices, 0 included.
+    /// Number of indices, 0 included (0 for dense features).
     pub fn size(&self) -> usize {
-        self.values.len()
+        match (self.kind, self.hash_buckets) {
+            (FeatureKind::Dense, _) => 0,
+            (_, Some(buckets)) => buckets + 1,
+            _ => self.values.len(),
+        }
     }
 
-    /// The index of a raw value; 0 when unknown or rare. Bucket features parse `raw` as a number.
+    /// The index of a raw value; 0 when unknown, rare or empty. Bucket features parse `raw` as a
+    /// number, hashed features hash it, dense features have no index (0).
     pub fn encode(&self, raw: &str) -> u32 {
-        match &self.edges {
-            Some(edges) => raw.trim().parse::<f64>().map_or(0, |v| bucket(edges, v)),
-            None => self.index.get(raw).copied().unwrap_or(0),
+        if raw.is_empty() || self.kind == FeatureKind::Dense {
+            return 0;
+        }
+        match (&self.edges, self.hash_buckets) {
+            (Some(edges), _) => raw.trim().parse::<f64>().map_or(0, |v| bucket(edges, v)),
+            (None, Some(buckets)) => hash_bucket(raw, buckets),
+            (None, None) => {
+                let value = match self.prefix {
+                    Some(n) => std::borrow::Cow::Owned(raw.chars().take(n).collect::<String>()),
+                    None => std::borrow::Cow::Borrowed(raw),
+                };
+                self.index.get(value.as_ref()).copied().unwrap_or(0)
+            }
         }
     }
 }
 
-fn bucket(edges: &[f64], value: f64) -> u32 {
+/// 1 + FNV-1a 64 of the UTF-8 bytes, modulo `buckets`: stable across runs, machines and versions.
+pub(crate) fn hash_bucket(value: &str, buckets: usize) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in value.as_bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    1 + (hash % buckets.max(1) as u64) as u32
+}
+
+pub(crate) fn bucket(edges: &[f64], value: f64) -> u32 {
     if value.is_nan() {
         return 0;
     }
@@ -147,26 +206,24 @@ pub struct ItemTrainStats {
 }
 
 /// An encoded feature column, one entry per user or item row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EncodedColumn {
     /// One index per row.
     Categorical(Vec<u32>),
-    /// A list of indices per row (unknown values dropped).
-    Multi(Vec<Vec<u32>>),
-}
-
-fn zip_prefix(zip: &str) -> String {
-    zip.chars().take(2).collect()
-}
-
-fn user_values(u: &RawUser) -> [String; 5] {
-    [
-        u.user_id.to_string(),
-        u.gender.clone(),
-        u.age.to_string(),
-        u.occupation.to_string(),
-        zip_prefix(&u.zip_code),
-    ]
+    /// A list of indices per row (unknown values dropped), stored `width` wide.
+    Multi {
+        /// Slots per row.
+        width: usize,
+        /// The lists.
+        lists: Vec<Vec<u32>>,
+    },
+    /// `dim` floats per row, row-major.
+    Dense {
+        /// Floats per row.
+        dim: usize,
+        /// The values.
+        values: Vec<f32>,
+    },
 }
 
 /// Which rows the per-movie rating mean and count features are computed from.
@@ -181,33 +238,10 @@ pub enum ItemStatistics {
     AllRows,
 }
 
-/// Per-movie train statistics and per-user train row counts.
-pub fn train_stats(raw: &RawData, splits: &[Split]) -> (Vec<u32>, Vec<ItemTrainStats>) {
-    let mut user_rows = vec![0u32; raw.users.len()];
-    let mut sums = vec![(0u32, 0u64); raw.movies.len()];
-    for (r, s) in raw.ratings.iter().zip(splits) {
-        if *s == Split::Train {
-            user_rows[r.user_row as usize] += 1;
-            let e = &mut sums[r.item_row as usize];
-            e.0 += 1;
-            e.1 += u64::from(r.rating);
-        }
-    }
-    let items = sums
-        .into_iter()
-        .map(|(count, sum)| ItemTrainStats {
-            count,
-            mean: if count == 0 {
-                0.0
-            } else {
-                sum as f64 / f64::from(count)
-            },
-        })
-        .collect();
-    (user_rows, items)
-}
-
-fn sorted_values(counts: HashMap<String, u64>, keep: impl Fn(u64) -> bool) -> Vec<String> {
+pub(crate) fn sorted_values(
+    counts: HashMap<String, u64>,
+    keep: impl Fn(u64) -> bool,
+) -> Vec<String> {
     let mut kept: Vec<String> = counts
         .into_iter()
         .filter(|(v, c)| !v.is_empty() && keep(*c))
@@ -224,7 +258,7 @@ fn sorted_values(counts: HashMap<String, u64>, keep: impl Fn(u64) -> bool) -> Ve
     values
 }
 
-fn quantile_edges(mut values: Vec<f64>, buckets: usize) -> Vec<f64> {
+pub(crate) fn quantile_edges(mut values: Vec<f64>, buckets: usize) -> Vec<f64> {
     values.sort_unstable_by(f64::total_cmp);
     let mut edges: Vec<f64> = Vec::new();
     if values.is_empty() {
@@ -256,124 +290,6 @@ fn bucket_labels(edges: &[f64]) -> Vec<String> {
 }
 
 impl Vocabularies {
-    /// Fits every vocabulary and bucket edge on the rows whose split is [`Split::Train`].
-    ///
-    /// Frequencies count train rows: a user's attributes count once per train rating of that
-    /// user, a movie's genres and year once per train rating of that movie. `buckets` is the
-    /// number of quantile buckets of the per-movie train mean rating and train count (over
-    /// movies with train rows).
-    pub fn fit(
-        raw: &RawData,
-        splits: &[Split],
-        min_frequency: MinFrequency,
-        buckets: usize,
-    ) -> Self {
-        Self::fit_with_bucket_stats(raw, splits, None, min_frequency, buckets)
-    }
-
-    /// [`Vocabularies::fit`], except that the rating mean and count bucket edges come from
-    /// `bucket_stats` when given (one entry per movie) instead of the train rows. Only the leaky
-    /// [`ItemStatistics::AllRows`] variant passes statistics here.
-    pub fn fit_with_bucket_stats(
-        raw: &RawData,
-        splits: &[Split],
-        bucket_stats: Option<&[ItemTrainStats]>,
-        min_frequency: MinFrequency,
-        buckets: usize,
-    ) -> Self {
-        let (user_rows, item_stats) = train_stats(raw, splits);
-        let train_rows: u64 = user_rows.iter().map(|&c| u64::from(c)).sum();
-        let keep = |c: u64| match min_frequency {
-            MinFrequency::Share(share) => c >= 1 && c as f64 >= share * train_rows as f64,
-            MinFrequency::Count(min) => c >= min.max(1),
-        };
-        let mut features = Vec::with_capacity(10);
-
-        let mut user_counts: Vec<HashMap<String, u64>> = vec![HashMap::new(); 5];
-        for (u, &c) in raw.users.iter().zip(&user_rows) {
-            if c == 0 {
-                continue;
-            }
-            for (counts, value) in user_counts.iter_mut().zip(user_values(u)) {
-                *counts.entry(value).or_default() += u64::from(c);
-            }
-        }
-        for (name, counts) in USER_FEATURES.iter().zip(user_counts) {
-            features.push(Vocabulary::from_values(
-                name,
-                Side::User,
-                FeatureKind::Categorical,
-                sorted_values(counts, keep),
-            ));
-        }
-
-        let mut movie_counts = HashMap::new();
-        let mut genre_counts = HashMap::new();
-        let mut year_counts = HashMap::new();
-        for (m, s) in raw.movies.iter().zip(&item_stats) {
-            if s.count == 0 {
-                continue;
-            }
-            let c = u64::from(s.count);
-            *movie_counts.entry(m.movie_id.to_string()).or_default() += c;
-            for g in &m.genres {
-                *genre_counts.entry(g.clone()).or_default() += c;
-            }
-            if let Some(y) = m.year {
-                *year_counts.entry(y.to_string()).or_default() += c;
-            }
-        }
-        features.push(Vocabulary::from_values(
-            "movie_id",
-            Side::Item,
-            FeatureKind::Categorical,
-            sorted_values(movie_counts, keep),
-        ));
-        features.push(Vocabulary::from_values(
-            "genres",
-            Side::Item,
-            FeatureKind::MultiCategorical,
-            sorted_values(genre_counts, keep),
-        ));
-        features.push(Vocabulary::from_values(
-            "year",
-            Side::Item,
-            FeatureKind::Categorical,
-            sorted_values(year_counts, keep),
-        ));
-        let rated: Vec<&ItemTrainStats> = bucket_stats
-            .unwrap_or(&item_stats)
-            .iter()
-            .filter(|s| s.count > 0)
-            .collect();
-        for (name, values) in [
-            (
-                "rating_mean_bucket",
-                rated.iter().map(|s| s.mean).collect::<Vec<_>>(),
-            ),
-            (
-                "rating_count_bucket",
-                rated.iter().map(|s| f64::from(s.count)).collect(),
-            ),
-        ] {
-            let edges = quantile_edges(values, buckets.max(1));
-            let mut v = Vocabulary::from_values(
-                name,
-                Side::Item,
-                FeatureKind::Categorical,
-                bucket_labels(&edges),
-            );
-            v.edges = Some(edges);
-            v.build_index();
-            features.push(v);
-        }
-        Self {
-            min_frequency,
-            train_rows,
-            features,
-        }
-    }
-
     /// The vocabulary of a feature.
     pub fn get(&self, feature: &str) -> Result<&Vocabulary, DataError> {
         self.features
@@ -388,98 +304,20 @@ impl Vocabularies {
     /// user's attributes at inference time.
     ///
     /// ```
-    /// # use dssm_data::encode::{MinFrequency, Vocabularies};
-    /// # use dssm_data::raw::{RawData, RawUser};
-    /// # use dssm_data::split::Split;
-    /// # let raw = RawData { users: vec![RawUser { user_id: 7, gender: "F".into(), age: 25,
-    /// #     occupation: 3, zip_code: "12345".into() }], ..Default::default() };
-    /// # let vocabularies = Vocabularies::fit(&raw, &[], MinFrequency::Count(1), 10);
-    /// // Nothing was in train here, so every value is unknown.
-    /// assert_eq!(vocabularies.encode("gender", "F").unwrap(), 0);
+    /// # use dssm_data::{prepare, Dataset, DatasetKind, PrepareRequest, Source, SyntheticConfig};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let config = SyntheticConfig { users: 60, items: 50, ratings: 1_000, ..Default::default() };
+    /// # let request = PrepareRequest::new(
+    /// #     Source::Synthetic(config), DatasetKind::Synthetic, dir.path().join("ds"));
+    /// # let dataset = Dataset::open(&prepare(&request, &|_| {})?.out_dir)?;
+    /// let vocabularies = &dataset.vocabularies;
+    /// assert!(vocabularies.encode("gender", "F")? > 0);
+    /// assert_eq!(vocabularies.encode("gender", "X")?, 0); // never seen in train
     /// assert!(vocabularies.encode("no-such-feature", "F").is_err());
+    /// # Ok::<(), dssm_data::DataError>(())
     /// ```
     pub fn encode(&self, feature: &str, raw: &str) -> Result<u32, DataError> {
         Ok(self.get(feature)?.encode(raw))
-    }
-
-    /// Encodes the user features of every user, in [`USER_FEATURES`] order.
-    pub fn encode_users(
-        &self,
-        users: &[RawUser],
-    ) -> Result<Vec<(String, EncodedColumn)>, DataError> {
-        let vocabs: Vec<&Vocabulary> = USER_FEATURES
-            .iter()
-            .map(|f| self.get(f))
-            .collect::<Result<_, _>>()?;
-        let mut columns: Vec<Vec<u32>> = (0..5).map(|_| Vec::with_capacity(users.len())).collect();
-        for u in users {
-            for ((col, vocab), value) in columns.iter_mut().zip(&vocabs).zip(user_values(u)) {
-                col.push(vocab.encode(&value));
-            }
-        }
-        Ok(USER_FEATURES
-            .iter()
-            .zip(columns)
-            .map(|(n, c)| (n.to_string(), EncodedColumn::Categorical(c)))
-            .collect())
-    }
-
-    /// Encodes the item features of every movie, in [`ITEM_FEATURES`] order; `stats` are the
-    /// per-movie train statistics (a movie without train rows gets bucket 0).
-    pub fn encode_items(
-        &self,
-        movies: &[RawMovie],
-        stats: &[ItemTrainStats],
-    ) -> Result<Vec<(String, EncodedColumn)>, DataError> {
-        let movie_id = self.get("movie_id")?;
-        let genres = self.get("genres")?;
-        let year = self.get("year")?;
-        let mean_edges = self
-            .get("rating_mean_bucket")?
-            .edges
-            .as_deref()
-            .unwrap_or(&[]);
-        let count_edges = self
-            .get("rating_count_bucket")?
-            .edges
-            .as_deref()
-            .unwrap_or(&[]);
-        let mut ids = Vec::with_capacity(movies.len());
-        let mut genre_lists = Vec::with_capacity(movies.len());
-        let mut years = Vec::with_capacity(movies.len());
-        let mut means = Vec::with_capacity(movies.len());
-        let mut counts = Vec::with_capacity(movies.len());
-        for (m, s) in movies.iter().zip(stats) {
-            ids.push(movie_id.encode(&m.movie_id.to_string()));
-            genre_lists.push(
-                m.genres
-                    .iter()
-                    .map(|g| genres.encode(g))
-                    .filter(|&i| i != 0)
-                    .collect(),
-            );
-            years.push(m.year.map_or(0, |y| year.encode(&y.to_string())));
-            if s.count == 0 {
-                means.push(0);
-                counts.push(0);
-            } else {
-                means.push(bucket(mean_edges, s.mean));
-                counts.push(bucket(count_edges, f64::from(s.count)));
-            }
-        }
-        Ok(vec![
-            ("movie_id".into(), EncodedColumn::Categorical(ids)),
-            ("genres".into(), EncodedColumn::Multi(genre_lists)),
-            ("year".into(), EncodedColumn::Categorical(years)),
-            (
-                "rating_mean_bucket".into(),
-                EncodedColumn::Categorical(means),
-            ),
-            (
-                "rating_count_bucket".into(),
-                EncodedColumn::Categorical(counts),
-            ),
-        ])
     }
 
     /// Writes vocabularies.json.
@@ -502,177 +340,74 @@ impl Vocabularies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raw::RawRating;
-
-    fn user(id: u32, gender: &str, age: u32, zip: &str) -> RawUser {
-        RawUser {
-            user_id: id,
-            gender: gender.into(),
-            age,
-            occupation: id % 3,
-            zip_code: zip.into(),
-        }
-    }
-
-    fn movie(id: u32, genres: &[&str], year: Option<u32>) -> RawMovie {
-        RawMovie {
-            movie_id: id,
-            title: format!("M{id}"),
-            year,
-            genres: genres.iter().map(|g| g.to_string()).collect(),
-        }
-    }
-
-    fn data() -> (RawData, Vec<Split>) {
-        let users = vec![
-            user(1, "F", 25, "12345"),
-            user(2, "M", 25, "12999"),
-            user(3, "M", 35, "98765"),
-            user(4, "F", 56, "55555"), // only in test
-        ];
-        let movies = vec![
-            movie(10, &["Drama"], Some(1995)),
-            movie(20, &["Comedy", "Drama"], Some(1990)),
-            movie(30, &["Horror"], None), // only in test
-        ];
-        let mut ratings = Vec::new();
-        let mut splits = Vec::new();
-        let mut add = |u: u32, m: u32, rating: u8, split: Split| {
-            let line = ratings.len() as u32 + 1;
-            ratings.push(RawRating {
-                user_id: u + 1,
-                movie_id: movies_id(m),
-                user_row: u,
-                item_row: m,
-                rating,
-                timestamp: Some(i64::from(line)),
-                line,
-            });
-            splits.push(split);
-        };
-        fn movies_id(row: u32) -> u32 {
-            (row + 1) * 10
-        }
-        for _ in 0..5 {
-            add(0, 0, 5, Split::Train);
-            add(1, 1, 2, Split::Train);
-        }
-        add(2, 0, 4, Split::Train);
-        add(3, 2, 1, Split::Test);
-        add(0, 1, 5, Split::Val);
-        (
-            RawData {
-                users,
-                movies,
-                ratings,
-                sources: vec![],
-            },
-            splits,
-        )
-    }
-
-    #[test]
-    fn vocabularies_are_fitted_on_train_rows() {
-        let (raw, splits) = data();
-        let v = Vocabularies::fit(&raw, &splits, MinFrequency::Count(1), 10);
-        assert_eq!(v.train_rows, 11);
-        assert_eq!(v.get("user_id").unwrap().values, ["<unk>", "1", "2", "3"]);
-        assert_eq!(v.encode("user_id", "4").unwrap(), 0);
-        assert_eq!(v.encode("age", "56").unwrap(), 0, "test-only age value");
-        assert_eq!(v.get("zip_prefix").unwrap().values, ["<unk>", "12", "98"]);
-        assert_eq!(
-            v.get("genres").unwrap().values,
-            ["<unk>", "Comedy", "Drama"]
-        );
-        assert_eq!(v.encode("genres", "Horror").unwrap(), 0);
-        assert_eq!(v.get("year").unwrap().values, ["<unk>", "1990", "1995"]);
-        let (_, stats) = train_stats(&raw, &splits);
-        assert_eq!(stats[0].count, 6);
-        assert_eq!(stats[2].count, 0);
-        let items = v.encode_items(&raw.movies, &stats).unwrap();
-        assert_eq!(
-            items[1].1,
-            EncodedColumn::Multi(vec![vec![2], vec![1, 2], vec![]])
-        );
-        // Movie 30 has no train rows: unknown id, missing year, bucket 0.
-        for (name, col) in &items {
-            if let EncodedColumn::Categorical(c) = col {
-                assert_eq!(c[2], 0, "{name}");
-            }
-        }
-    }
-
-    #[test]
-    fn rare_values_map_to_zero() {
-        let (raw, splits) = data();
-        // Age 35 has 1 of 11 train rows (9%), age 25 has 10.
-        let v = Vocabularies::fit(&raw, &splits, MinFrequency::Share(0.1), 10);
-        assert_eq!(v.get("age").unwrap().values, ["<unk>", "25"]);
-        assert_eq!(v.encode("age", "35").unwrap(), 0);
-        let v = Vocabularies::fit(&raw, &splits, MinFrequency::Count(2), 10);
-        assert_eq!(v.get("user_id").unwrap().values, ["<unk>", "1", "2"]);
-        let v = Vocabularies::fit(&raw, &splits, MinFrequency::Share(0.05), 10);
-        assert_eq!(v.encode("user_id", "3").unwrap(), 3);
-    }
-
-    #[test]
-    fn val_and_test_rows_change_no_statistic() {
-        let (raw, splits) = data();
-        let fitted = Vocabularies::fit(&raw, &splits, MinFrequency::Count(1), 4);
-        let (_, stats) = train_stats(&raw, &splits);
-        let items = fitted.encode_items(&raw.movies, &stats).unwrap();
-
-        let mut changed = raw.clone();
-        for (r, s) in changed.ratings.iter_mut().zip(&splits) {
-            if *s != Split::Train {
-                r.rating = if r.rating == 1 { 5 } else { 1 };
-                r.item_row = 0;
-                r.movie_id = 10;
-            }
-        }
-        changed.users[3].gender = "M".into();
-        changed.users[3].age = 25;
-        changed.users[3].zip_code = "99999".into();
-        let refitted = Vocabularies::fit(&changed, &splits, MinFrequency::Count(1), 4);
-        assert_eq!(fitted, refitted);
-        let (_, stats2) = train_stats(&changed, &splits);
-        assert_eq!(stats, stats2);
-        assert_eq!(
-            items,
-            refitted.encode_items(&changed.movies, &stats2).unwrap()
-        );
-    }
 
     #[test]
     fn buckets_follow_train_quantiles() {
         assert_eq!(
-            quantile_edges(vec![1.0, 2.0, 3.0, 4.0], 4),
-            vec![2.0, 3.0, 4.0]
+            quantile_edges(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], 4),
+            vec![3.0, 5.0, 7.0]
         );
         assert_eq!(quantile_edges(vec![1.0, 1.0, 1.0, 5.0], 4), vec![5.0]);
-        let edges = [2.0, 3.0];
+        let edges = [2.0, 5.0];
         assert_eq!(bucket(&edges, 1.0), 1);
         assert_eq!(bucket(&edges, 2.0), 2);
         assert_eq!(bucket(&edges, 9.0), 3);
+        assert_eq!(bucket(&edges, f64::NAN), 0);
         assert_eq!(
             bucket_labels(&edges),
-            ["<unk>", "[-inf,2)", "[2,3)", "[3,inf)"]
+            ["<unk>", "[-inf,2)", "[2,5)", "[5,inf)"]
         );
     }
 
     #[test]
+    fn hashed_values_land_in_stable_buckets() {
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c.
+        assert_eq!(
+            hash_bucket("a", 1000),
+            1 + (0xaf63_dc4c_8601_ec8c_u64 % 1000) as u32
+        );
+        assert!((1..=7).contains(&hash_bucket("anything", 7)));
+        let mut v = Vocabulary::from_values("brand", Side::Item, FeatureKind::Categorical, vec![]);
+        v.hash_buckets = Some(7);
+        v.build_index();
+        assert_eq!(v.size(), 8);
+        assert_eq!(v.encode("anything"), hash_bucket("anything", 7));
+        assert_eq!(v.encode(""), 0);
+    }
+
+    #[test]
+    fn prefixes_apply_when_encoding_new_values() {
+        let mut v = Vocabulary::from_values(
+            "zip_prefix",
+            Side::User,
+            FeatureKind::Categorical,
+            vec![UNKNOWN.into(), "48".into()],
+        );
+        v.prefix = Some(2);
+        v.build_index();
+        assert_eq!(v.encode("48067"), 1);
+        assert_eq!(v.encode("12345"), 0);
+    }
+
+    #[test]
     fn vocabularies_round_trip_through_json() {
-        let (raw, splits) = data();
-        let v = Vocabularies::fit(&raw, &splits, MinFrequency::Share(0.01), 10);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vocabularies.json");
+        let mut hashed =
+            Vocabulary::from_values("brand", Side::Item, FeatureKind::Categorical, vec![]);
+        hashed.hash_buckets = Some(16);
+        let v = Vocabularies {
+            min_frequency: MinFrequency::Share(0.01),
+            train_rows: 10,
+            features: vec![
+                Vocabulary::buckets("price", Side::Item, vec![2.0, 5.0]),
+                hashed,
+            ],
+        };
+        let path = dir.path().join("v.json");
         v.save(&path).unwrap();
         let loaded = Vocabularies::load(&path).unwrap();
-        assert_eq!(
-            loaded.encode("gender", "M").unwrap(),
-            v.encode("gender", "M").unwrap()
-        );
-        assert_eq!(loaded.encode("rating_mean_bucket", "4.9").unwrap(), 2);
+        assert_eq!(loaded.encode("price", "4.9").unwrap(), 2);
+        assert_eq!(loaded.get("brand").unwrap().size(), 17);
         assert_eq!(loaded, v);
     }
 }

@@ -114,6 +114,73 @@ pub enum DataError {
         /// The name asked for.
         name: String,
     },
+    /// A dataset spec is not valid TOML or has an unknown key or a wrong type.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Spec {
+        /// The spec file.
+        path: PathBuf,
+        /// 1-based line (0 when unknown).
+        line: usize,
+        /// 1-based column (0 when unknown).
+        column: usize,
+        /// What the TOML reader reported.
+        message: String,
+    },
+    /// A dataset spec parses but is inconsistent.
+    #[error("{}: {message}", path.display())]
+    SpecInvalid {
+        /// The spec file.
+        path: PathBuf,
+        /// The key and what is wrong.
+        message: String,
+    },
+    /// A table lacks a column the spec names.
+    #[error("{}: no column {column:?} (columns: {})", path.display(), available.join(", "))]
+    MissingColumn {
+        /// The table file.
+        path: PathBuf,
+        /// The column asked for.
+        column: String,
+        /// The columns the file has.
+        available: Vec<String>,
+    },
+    /// One cell of a table is not what its feature or role needs.
+    #[error("{}: column {column:?}: {problem}", cell_place(path, *row, *line))]
+    Cell {
+        /// The table file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// 1-based data row (header excluded).
+        row: u64,
+        /// 1-based line in a CSV file (header included).
+        line: Option<u64>,
+        /// What was wrong and what was expected.
+        problem: String,
+    },
+    /// A CSV file is malformed (wrong number of fields, not UTF-8).
+    #[error("{}:{line}: {message}", path.display())]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: u64,
+        /// What the CSV reader reported.
+        message: String,
+    },
+    /// The data leaves nothing to train or evaluate on (no rows, an empty split, no positives).
+    #[error("refusing degenerate data: {message}")]
+    Degenerate {
+        /// What is missing.
+        message: String,
+    },
+}
+
+fn cell_place(path: &std::path::Path, row: u64, line: Option<u64>) -> String {
+    match line {
+        Some(line) => format!("{}:{line}", path.display()),
+        None => format!("{}: row {row}", path.display()),
+    }
 }
 
 /// What was wrong with one line of an input file.

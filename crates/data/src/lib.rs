@@ -35,20 +35,30 @@
 pub mod dataset;
 pub mod encode;
 pub mod error;
+mod features;
+mod log;
+pub mod movielens;
 pub mod prepare;
 pub mod raw;
 pub mod source;
+pub mod spec;
 pub mod split;
 pub mod synthetic;
+mod table;
 
 pub use dataset::{
-    Dataset, FeatureColumn, FeatureSpec, FeatureTable, FeatureValues, Interactions, ItemTable,
-    Manifest, Schema, SplitCounts, UserTable,
+    Attributes, Dataset, FeatureColumn, FeatureSpec, FeatureTable, FeatureValues, Interactions,
+    ItemTable, Manifest, Schema, SplitCounts, UserTable,
 };
 pub use encode::{FeatureKind, ItemStatistics, MinFrequency, Side, Vocabularies, Vocabulary};
 pub use error::{DataError, LineProblem};
-pub use prepare::{PrepareRequest, PrepareStage, PrepareSummary, Source, load_raw, prepare};
+pub use prepare::{
+    PrepareRequest, PrepareStage, PrepareSummary, Source, SpecOutput, load_raw, prepare,
+    prepare_spec,
+};
 pub use raw::{RawData, RawMovie, RawRating, RawUser, SourceFile};
 pub use source::DatasetKind;
-pub use split::{Protocol, Split};
+pub use spec::{DatasetSpec, FeatureDecl, LabelRule, SplitSpec};
+pub use split::{Protocol, Split, SplitRule};
 pub use synthetic::{SyntheticConfig, SyntheticFiles};
+pub use table::parse_time;

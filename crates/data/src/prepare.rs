@@ -4,13 +4,22 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::dataset::{self, Manifest, SplitCounts, TablesInput, files};
-use crate::encode::{ItemStatistics, MinFrequency, Vocabularies, train_stats};
+use crate::dataset::{
+    self, Attributes, FeatureSpec, Manifest, Schema, SideOutput, SplitCounts, TablesInput, files,
+};
+use crate::encode::{
+    EncodedColumn, ItemStatistics, ItemTrainStats, MinFrequency, Side, Vocabularies, Vocabulary,
+};
 use crate::error::DataError;
-use crate::raw::RawData;
+use crate::features;
+use crate::log::{self, InteractionLog, Resolver};
+use crate::movielens;
+use crate::raw::{RawData, SourceFile};
 use crate::source::{self, DatasetKind, ML1M_URL};
-use crate::split::{Protocol, Split, assign_splits};
+use crate::spec::{DatasetSpec, FeatureDecl, SplitSpec};
+use crate::split::{Protocol, Split, SplitRule, assign_splits};
 use crate::synthetic::{self, SyntheticConfig};
+use crate::table::{self, Keys, SourceTable, TableFile};
 
 /// Where the raw files come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,8 +139,13 @@ pub enum PrepareStage {
     },
     /// Reading source files.
     Reading {
-        /// The folder or archive.
+        /// The folder, archive or file.
         source: String,
+    },
+    /// Interactions read so far (spec sources, reported per chunk).
+    ReadingRows {
+        /// Rows read.
+        rows: u64,
     },
     /// Source files parsed.
     Parsed {
@@ -176,8 +190,10 @@ pub struct PrepareSummary {
     pub rated_items: u64,
     /// Movies with at least one train rating.
     pub train_items: u64,
-    /// Share of ratings above the label threshold.
+    /// Share of positive interactions.
     pub positive_share: f64,
+    /// Interactions dropped for an unknown user or item (`missing = "drop"`).
+    pub dropped_interactions: u64,
     /// Wall time of the whole call.
     pub elapsed: Duration,
 }
@@ -229,9 +245,10 @@ fn read_zip(
     Ok(raw)
 }
 
-/// Builds a dataset folder from a request: reads the source, splits by the protocol, fits the
-/// vocabularies and statistics on train, writes everything into a temporary sibling folder and
-/// renames it into place.
+/// Builds a dataset folder from a MovieLens (or synthetic) request: reads the source, then
+/// applies the MovieLens preset ([`crate::movielens::preset`]) through the same machinery as a
+/// dataset spec ([`prepare_spec`]): splits by the protocol, fits the vocabularies and statistics
+/// on train, writes everything into a temporary sibling folder and renames it into place.
 ///
 /// Refuses to replace an existing `out_dir` unless `overwrite` is set; a failure leaves no
 /// complete-looking folder behind.
@@ -253,66 +270,464 @@ pub fn prepare(
 ) -> Result<PrepareSummary, DataError> {
     let started = Instant::now();
     request.check()?;
-    let out_dir = &request.out_dir;
-    if out_dir.exists() && !request.overwrite {
-        return Err(DataError::DatasetExists {
-            path: out_dir.clone(),
-        });
-    }
-
+    refuse_existing(&request.out_dir, request.overwrite)?;
     let raw = load_raw(&request.source, request.kind, progress)?;
     progress(PrepareStage::Parsed {
         users: raw.users.len(),
         movies: raw.movies.len(),
         ratings: raw.ratings.len(),
     });
-
-    progress(PrepareStage::Splitting {
-        protocol: request.protocol,
-    });
-    let splits = assign_splits(
-        &raw.ratings,
-        raw.users.len(),
-        request.protocol,
-        request.seed,
-    );
-
-    let (_, item_stats) = train_stats(&raw, &splits);
-    let all_rows_stats = match request.item_statistics {
-        ItemStatistics::Train => None,
-        ItemStatistics::AllRows => Some(train_stats(&raw, &vec![Split::Train; splits.len()]).1),
+    let spec = movielens::preset(request);
+    let inputs = movielens::inputs(raw, f64::from(request.label_threshold));
+    let output = Output {
+        out_dir: &request.out_dir,
+        overwrite: request.overwrite,
+        command: &request.command,
+        synthetic: match &request.source {
+            Source::Synthetic(config) => Some(config.clone()),
+            _ => None,
+        },
     };
+    build(&spec, inputs, &output, started, progress)
+}
+
+/// Where [`prepare_spec`] writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecOutput {
+    /// The dataset folder to create.
+    pub out_dir: PathBuf,
+    /// Replace an existing dataset folder.
+    pub overwrite: bool,
+    /// The creating command line, recorded in the manifest.
+    pub command: String,
+}
+
+/// Builds a dataset folder from a dataset spec: reads the user and item tables (when given) and
+/// the interactions in chunks, maps every key to a row, splits, fits every feature on train and
+/// writes the same dataset folder as [`prepare`], atomically.
+///
+/// ```
+/// use dssm_data::{prepare_spec, Dataset, DatasetSpec, SpecOutput, Split};
+/// let dir = tempfile::tempdir().unwrap();
+/// let mut log = String::from("customer,sku,ts\n");
+/// for u in 0..6 {
+///     for (t, sku) in ["a", "b", "c", "d"].iter().enumerate() {
+///         log += &format!("c{u},{sku},{}\n", 100 * u + t);
+///     }
+/// }
+/// std::fs::write(dir.path().join("clicks.csv"), log).unwrap();
+/// std::fs::write(dir.path().join("shop.toml"), r#"
+///     name = "shop"
+///     [interactions]
+///     path = "clicks.csv"
+///     user = "customer"
+///     item = "sku"
+///     timestamp = "ts"
+///     [split]
+///     kind = "leave-last-out"
+///     [[users.features]]
+///     name = "customer"
+///     kind = "categorical"
+///     [[items.features]]
+///     name = "sku"
+///     kind = "hashed"
+///     buckets = 64
+/// "#).unwrap();
+/// let spec = DatasetSpec::load(&dir.path().join("shop.toml"))?;
+/// let output = SpecOutput { out_dir: dir.path().join("shop"), overwrite: false, command: String::new() };
+/// let summary = prepare_spec(&spec, &output, &|_| {})?;
+/// assert_eq!((summary.users, summary.items, summary.rows.test), (6, 4, 6));
+/// let dataset = Dataset::open(&summary.out_dir)?;
+/// assert_eq!(dataset.items.key, ["a", "b", "c", "d"]);
+/// # Ok::<(), dssm_data::DataError>(())
+/// ```
+pub fn prepare_spec(
+    spec: &DatasetSpec,
+    output: &SpecOutput,
+    progress: &dyn Fn(PrepareStage),
+) -> Result<PrepareSummary, DataError> {
+    let started = Instant::now();
+    spec.check().map_err(|message| DataError::SpecInvalid {
+        path: PathBuf::from(&spec.name),
+        message,
+    })?;
+    refuse_existing(&output.out_dir, output.overwrite)?;
+    let inputs = spec_inputs(spec, progress)?;
+    progress(PrepareStage::Parsed {
+        users: inputs.users.keys.len(),
+        movies: inputs.items.keys.len(),
+        ratings: inputs.log.len(),
+    });
+    let output = Output {
+        out_dir: &output.out_dir,
+        overwrite: output.overwrite,
+        command: &output.command,
+        synthetic: None,
+    };
+    build(spec, inputs, &output, started, progress)
+}
+
+fn refuse_existing(out_dir: &Path, overwrite: bool) -> Result<(), DataError> {
+    if out_dir.file_name().is_none() {
+        return Err(DataError::InvalidConfig {
+            message: format!("out_dir {} has no folder name", out_dir.display()),
+        });
+    }
+    if out_dir.exists() && !overwrite {
+        return Err(DataError::DatasetExists {
+            path: out_dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// One side's rows: keys and the table (one row per key, in key order).
+pub(crate) struct SideInput {
+    pub keys: Keys,
+    pub table: SourceTable,
+}
+
+/// Everything read from the sources.
+pub(crate) struct Inputs {
+    pub users: SideInput,
+    pub items: SideInput,
+    pub log: InteractionLog,
+    pub sources: Vec<SourceFile>,
+}
+
+/// Where and how [`build`] writes.
+struct Output<'a> {
+    out_dir: &'a Path,
+    overwrite: bool,
+    command: &'a str,
+    synthetic: Option<SyntheticConfig>,
+}
+
+/// Reads a side's table (key, display and feature columns), in key order.
+fn read_side_table(spec: &DatasetSpec, side: Side) -> Result<Option<SideInput>, DataError> {
+    let entity = spec.side(side);
+    let Some(path) = &entity.path else {
+        return Ok(None);
+    };
+    let key = entity.key.as_deref().unwrap_or(spec.key_column(side));
+    let mut wanted: Vec<&str> = vec![key];
+    let columns = entity.display.iter().map(String::as_str);
+    for column in columns.chain(entity.features.iter().filter_map(FeatureDecl::column)) {
+        if !wanted.contains(&column) {
+            wanted.push(column);
+        }
+    }
+    let file = TableFile {
+        path,
+        format: entity.format,
+        delimiter: entity.delimiter,
+    };
+    let mut table = table::read_table(&file, &wanted)?;
+    let (keys, order) = table::table_keys(&table, key)?;
+    table.permute(&order);
+    Ok(Some(SideInput { keys, table }))
+}
+
+fn spec_inputs(spec: &DatasetSpec, progress: &dyn Fn(PrepareStage)) -> Result<Inputs, DataError> {
+    let users = read_side_table(spec, Side::User)?;
+    let items = read_side_table(spec, Side::Item)?;
+    let (mut user_resolver, mut item_resolver) = (
+        resolver(spec, users.as_ref(), Side::User),
+        resolver(spec, items.as_ref(), Side::Item),
+    );
+    progress(PrepareStage::Reading {
+        source: spec.interactions.path.display().to_string(),
+    });
+    let mut log = log::read_log(spec, &mut user_resolver, &mut item_resolver, &|rows| {
+        progress(PrepareStage::ReadingRows { rows })
+    })?;
+    let (user_keys, item_keys) = (
+        user_resolver.into_discovered(),
+        item_resolver.into_discovered(),
+    );
+    let users = side_or_discovered(spec, Side::User, users, user_keys, &mut log.user_row);
+    let items = side_or_discovered(spec, Side::Item, items, item_keys, &mut log.item_row);
+    let mut sources = vec![file_source(&spec.interactions.path)?];
+    for side in [&spec.users, &spec.items] {
+        if let Some(path) = &side.path {
+            sources.push(file_source(path)?);
+        }
+    }
+    Ok(Inputs {
+        users,
+        items,
+        log,
+        sources,
+    })
+}
+
+fn resolver<'a>(spec: &'a DatasetSpec, input: Option<&'a SideInput>, side: Side) -> Resolver<'a> {
+    match input {
+        Some(input) => Resolver::Table {
+            keys: &input.keys,
+            policy: spec.side(side).missing,
+            table: spec.side(side).path.as_deref().unwrap_or(Path::new("")),
+        },
+        None => Resolver::discover(),
+    }
+}
+
+/// The side read from its table, or (no table) the keys discovered in the interactions.
+fn side_or_discovered(
+    spec: &DatasetSpec,
+    side: Side,
+    input: Option<SideInput>,
+    discovered: Option<(Keys, Vec<u32>)>,
+    log_rows: &mut [u32],
+) -> SideInput {
+    if let Some(input) = input {
+        return input;
+    }
+    let (keys, order) = discovered.unwrap_or_default();
+    InteractionLog::reorder(log_rows, &order);
+    let table =
+        table::keys_only_table(spec.interactions.path.clone(), spec.key_column(side), &keys);
+    SideInput { keys, table }
+}
+
+/// Name, md5 and size of a file, read in blocks.
+fn file_source(path: &Path) -> Result<SourceFile, DataError> {
+    use md5::{Digest, Md5};
+    use std::io::Read;
+    let mut file = fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut hasher = Md5::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| DataError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        bytes += n as u64;
+    }
+    let digest = hasher.finalize();
+    Ok(SourceFile {
+        name: path.display().to_string(),
+        md5: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        bytes,
+    })
+}
+
+fn split_rule(spec: &DatasetSpec) -> SplitRule {
+    match &spec.split {
+        SplitSpec::Seed { seed } => SplitRule::Seed(*seed),
+        SplitSpec::LeaveLastOut => SplitRule::LeaveLastOut,
+        SplitSpec::Time {
+            val_from,
+            test_from,
+        } => SplitRule::Time {
+            val_from: val_from.seconds().unwrap_or(i64::MIN),
+            test_from: test_from.seconds().unwrap_or(i64::MIN),
+        },
+    }
+}
+
+/// Refuses data nothing can be trained or evaluated on.
+fn check_not_degenerate(
+    spec: &DatasetSpec,
+    log: &InteractionLog,
+    splits: &[Split],
+    rule: SplitRule,
+) -> Result<(), DataError> {
+    let file = spec.interactions.path.display().to_string();
+    let refuse = |message: String| Err(DataError::Degenerate { message });
+    if log.len() == 0 {
+        return refuse(format!(
+            "{file}: no interactions (after dropping unknown keys)"
+        ));
+    }
+    for split in Split::ALL {
+        if !splits.contains(&split) {
+            return refuse(format!(
+                "{file}: the {} split leaves {split} empty ({} interactions)",
+                rule.protocol(),
+                log.len()
+            ));
+        }
+    }
+    let train_positive = splits
+        .iter()
+        .zip(&log.label)
+        .any(|(s, &l)| *s == Split::Train && l == 1);
+    if !train_positive {
+        return refuse(format!(
+            "{file}: no positive interaction in train (label rule {:?})",
+            spec.label
+        ));
+    }
+    Ok(())
+}
+
+/// Train interactions per user row, and per-item statistics over the rows `counted` selects.
+fn statistics(
+    log: &InteractionLog,
+    n_users: usize,
+    n_items: usize,
+    counted: impl Fn(usize) -> bool,
+) -> (Vec<u32>, Vec<ItemTrainStats>) {
+    let mut user_rows = vec![0u32; n_users];
+    let mut sums = vec![(0u32, 0f64); n_items];
+    for i in (0..log.len()).filter(|&i| counted(i)) {
+        user_rows[log.user_row[i] as usize] += 1;
+        let e = &mut sums[log.item_row[i] as usize];
+        e.0 += 1;
+        e.1 += log.rating(i).map_or(0.0, f64::from);
+    }
+    let items = sums
+        .into_iter()
+        .map(|(count, sum)| ItemTrainStats {
+            count,
+            mean: if count == 0 {
+                0.0
+            } else {
+                sum / f64::from(count)
+            },
+        })
+        .collect();
+    (user_rows, items)
+}
+
+fn attributes(table: &SourceTable, names: &[String]) -> Result<Attributes, DataError> {
+    let columns = names
+        .iter()
+        .map(|name| {
+            let values = table.column(name)?;
+            let texts = (0..table.rows)
+                .map(|row| values.text(row).map(|t| t.into_owned()))
+                .collect();
+            Ok((name.clone(), texts))
+        })
+        .collect::<Result<_, DataError>>()?;
+    Ok(Attributes { columns })
+}
+
+/// The fitted and encoded features of both sides.
+struct Encoded {
+    users: Vec<(Vocabulary, EncodedColumn)>,
+    items: Vec<(Vocabulary, EncodedColumn)>,
+    train_rows: u64,
+}
+
+fn encode_features(
+    spec: &DatasetSpec,
+    inputs: &Inputs,
+    splits: &[Split],
+) -> Result<(Encoded, Vec<ItemTrainStats>), DataError> {
+    let (n_users, n_items) = (inputs.users.keys.len(), inputs.items.keys.len());
+    let (user_rows, item_stats) =
+        statistics(&inputs.log, n_users, n_items, |i| splits[i] == Split::Train);
+    let all_rows_stats = (spec.item_statistics == ItemStatistics::AllRows)
+        .then(|| statistics(&inputs.log, n_users, n_items, |_| true).1);
+    let total: u64 = user_rows.iter().map(|&c| u64::from(c)).sum();
+    let item_rows: Vec<u32> = item_stats.iter().map(|s| s.count).collect();
+    let users = features::encode_side(
+        &features::SideData {
+            side: Side::User,
+            table: &inputs.users.table,
+            train_rows: &user_rows,
+            total_train_rows: total,
+            stats: &[],
+        },
+        &spec.users.features,
+        spec.min_frequency(),
+    )?;
+    let items = features::encode_side(
+        &features::SideData {
+            side: Side::Item,
+            table: &inputs.items.table,
+            train_rows: &item_rows,
+            total_train_rows: total,
+            stats: all_rows_stats.as_deref().unwrap_or(&item_stats),
+        },
+        &spec.items.features,
+        spec.min_frequency(),
+    )?;
+    let encoded = Encoded {
+        users,
+        items,
+        train_rows: total,
+    };
+    Ok((encoded, item_stats))
+}
+
+fn feature_spec(vocabulary: &Vocabulary, column: &EncodedColumn) -> FeatureSpec {
+    FeatureSpec {
+        name: vocabulary.name.clone(),
+        side: vocabulary.side,
+        kind: vocabulary.kind,
+        vocab_size: vocabulary.size(),
+        max_len: match column {
+            EncodedColumn::Multi { width, .. } => Some(*width),
+            _ => None,
+        },
+        dim: match column {
+            EncodedColumn::Dense { dim, .. } => Some(*dim),
+            _ => None,
+        },
+    }
+}
+
+fn build(
+    spec: &DatasetSpec,
+    inputs: Inputs,
+    output: &Output<'_>,
+    started: Instant,
+    progress: &dyn Fn(PrepareStage),
+) -> Result<PrepareSummary, DataError> {
+    let rule = split_rule(spec);
+    progress(PrepareStage::Splitting {
+        protocol: rule.protocol(),
+    });
+    let splits = assign_splits(&inputs.log, inputs.users.keys.len(), rule);
+    check_not_degenerate(spec, &inputs.log, &splits, rule)?;
     let train_rows = splits.iter().filter(|s| **s == Split::Train).count() as u64;
     progress(PrepareStage::Fitting { train_rows });
-    let vocabularies = Vocabularies::fit_with_bucket_stats(
-        &raw,
-        &splits,
-        all_rows_stats.as_deref(),
-        request.min_frequency,
-        request.rating_buckets,
-    );
-
-    // Write into a temporary sibling, then rename.
-    let parent = match out_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+    let (encoded, item_stats) = encode_features(spec, &inputs, &splits)?;
+    let schema = Schema {
+        features: encoded
+            .users
+            .iter()
+            .chain(&encoded.items)
+            .map(|(v, c)| feature_spec(v, c))
+            .collect(),
+        label: spec.label.clone(),
+        user_attributes: spec.users.display.clone(),
+        item_attributes: spec.items.display.clone(),
     };
-    fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
-    let name = out_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = TempDir::create(&parent, &name)?;
+    let vocabularies = Vocabularies {
+        min_frequency: spec.min_frequency(),
+        train_rows: encoded.train_rows,
+        features: encoded
+            .users
+            .iter()
+            .chain(&encoded.items)
+            .map(|(v, _)| v.clone())
+            .collect(),
+    };
+    let user_attributes = attributes(&inputs.users.table, &spec.users.display)?;
+    let item_attributes = attributes(&inputs.items.table, &spec.items.display)?;
+    let train_count: Vec<u32> = item_stats.iter().map(|s| s.count).collect();
 
-    let (_, rows, positives) = dataset::write_tables(
+    let tmp = TempDir::create(output.out_dir)?;
+    let side = |keys, attributes, features: Vec<(Vocabulary, EncodedColumn)>| SideOutput {
+        keys,
+        attributes,
+        features: features.into_iter().map(|(v, c)| (v.name, c)).collect(),
+    };
+    let (rows, positives) = dataset::write_tables(
         tmp.path(),
-        &TablesInput {
-            raw: &raw,
+        TablesInput {
+            users: side(&inputs.users.keys, &user_attributes, encoded.users),
+            items: side(&inputs.items.keys, &item_attributes, encoded.items),
+            train_count: &train_count,
+            log: &inputs.log,
             splits: &splits,
-            vocabularies: &vocabularies,
-            item_stats: &item_stats,
-            bucket_stats: all_rows_stats.as_deref().unwrap_or(&item_stats),
-            label_threshold: request.label_threshold,
         },
         |file| {
             progress(PrepareStage::Writing {
@@ -320,10 +735,22 @@ pub fn prepare(
             })
         },
     )?;
+    for (file, write) in [
+        (files::SCHEMA, &|p: &Path| {
+            dataset::write_json(p, &schema) as Result<(), DataError>
+        }),
+        (files::VOCABULARIES, &|p: &Path| vocabularies.save(p)),
+    ] as [(&str, &dyn Fn(&Path) -> Result<(), DataError>); 2]
+    {
+        progress(PrepareStage::Writing {
+            file: file.to_string(),
+        });
+        write(&tmp.path().join(file))?;
+    }
 
-    let mut rated = vec![false; raw.movies.len()];
-    for r in &raw.ratings {
-        rated[r.item_row as usize] = true;
+    let mut rated = vec![false; inputs.items.keys.len()];
+    for &item in &inputs.log.item_row {
+        rated[item as usize] = true;
     }
     let rated_items = rated.iter().filter(|&&r| r).count() as u64;
     let train_items = item_stats.iter().filter(|s| s.count > 0).count() as u64;
@@ -333,27 +760,28 @@ pub fn prepare(
         positives.total() as f64 / rows.total() as f64
     };
     let manifest = Manifest {
-        format_version: 1,
-        dataset: request.kind.name().to_string(),
-        protocol: request.protocol,
-        seed: request.seed,
-        label_threshold: request.label_threshold,
-        min_frequency: request.min_frequency,
-        rating_buckets: request.rating_buckets,
-        item_statistics: request.item_statistics,
-        source_files: raw.sources.clone(),
-        synthetic: match &request.source {
-            Source::Synthetic(config) => Some(config.clone()),
-            _ => None,
+        format_version: 2,
+        dataset: spec.name.clone(),
+        protocol: rule.protocol(),
+        seed: match rule {
+            SplitRule::Seed(seed) => seed,
+            _ => 0,
         },
+        label: spec.label.clone(),
+        min_frequency: spec.min_frequency(),
+        item_statistics: spec.item_statistics,
+        spec: spec.clone(),
+        source_files: inputs.sources.clone(),
+        synthetic: output.synthetic.clone(),
         rows,
         positives,
-        users: raw.users.len() as u64,
-        items: raw.movies.len() as u64,
+        users: inputs.users.keys.len() as u64,
+        items: inputs.items.keys.len() as u64,
         rated_items,
         train_items,
         positive_share,
-        command: request.command.clone(),
+        dropped_interactions: inputs.log.dropped,
+        command: output.command.to_string(),
         created_at: rfc3339_utc(SystemTime::now()),
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
     };
@@ -362,16 +790,17 @@ pub fn prepare(
     });
     dataset::write_json(&tmp.path().join(files::MANIFEST), &manifest)?;
 
-    tmp.commit(out_dir, request.overwrite)?;
+    tmp.commit(output.out_dir, output.overwrite)?;
     progress(PrepareStage::Done);
     Ok(PrepareSummary {
-        out_dir: out_dir.clone(),
+        out_dir: output.out_dir.to_path_buf(),
         rows,
         users: manifest.users,
         items: manifest.items,
         rated_items,
         train_items,
         positive_share,
+        dropped_interactions: inputs.log.dropped,
         elapsed: started.elapsed(),
     })
 }
@@ -389,7 +818,17 @@ fn unique_suffix() -> String {
 }
 
 impl TempDir {
-    fn create(parent: &Path, name: &str) -> Result<Self, DataError> {
+    /// A temporary sibling of `out_dir` (its parent is created when missing).
+    fn create(out_dir: &Path) -> Result<Self, DataError> {
+        let parent = match out_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
+        let name = out_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let path = parent.join(format!(".{name}.tmp-{}", unique_suffix()));
         fs::create_dir(&path).map_err(|e| DataError::io(&path, e))?;
         Ok(Self { path: Some(path) })
@@ -473,7 +912,7 @@ fn rfc3339_utc(time: SystemTime) -> String {
 mod tests {
     use super::*;
     use crate::dataset::{Dataset, FeatureValues};
-    use crate::encode::USER_FEATURES;
+    use crate::spec::LabelRule;
     use std::cell::RefCell;
 
     fn small() -> SyntheticConfig {
@@ -520,7 +959,7 @@ mod tests {
         assert_eq!(ds.users.user_id.len(), 120);
         assert_eq!(ds.items.movie_id.len(), 90);
         assert_eq!(ds.schema.features.len(), 10);
-        assert_eq!(ds.schema.label_threshold, 3);
+        assert_eq!(ds.schema.label, LabelRule::RatingAbove { threshold: 3.0 });
         let genres = ds
             .schema
             .features
@@ -535,7 +974,7 @@ mod tests {
                 .iter()
                 .map(|c| c.name.as_str())
                 .collect::<Vec<_>>(),
-            USER_FEATURES
+            ["user_id", "gender", "age", "occupation", "zip_prefix"]
         );
         match &ds.items.features.get("genres").unwrap().values {
             FeatureValues::Multi { max_len, values } => {
@@ -559,7 +998,7 @@ mod tests {
                     ds.items.movie_id[rows.item_row[i] as usize],
                     rows.movie_id[i]
                 );
-                assert_eq!(rows.label[i], u8::from(rows.rating[i] > 3));
+                assert_eq!(rows.label[i], u8::from(rows.rating[i].unwrap() > 3.0));
                 if split == Split::Train {
                     train_count[rows.item_row[i] as usize] += 1;
                 }
@@ -585,7 +1024,15 @@ mod tests {
         let FeatureValues::Categorical(g) = &ds.users.features.get("gender").unwrap().values else {
             panic!("gender is categorical")
         };
-        for (row, value) in ds.users.gender.iter().enumerate() {
+        for (row, value) in ds
+            .users
+            .attributes
+            .get("gender")
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            let value = value.as_deref().unwrap();
             assert_eq!(g[row], ds.vocabularies.encode("gender", value).unwrap());
         }
         // Nothing temporary is left next to the dataset.
@@ -757,7 +1204,14 @@ mod tests {
         assert_eq!(summary.rows.test, 2);
         let ds = Dataset::open(&out).unwrap();
         assert_eq!(ds.manifest.dataset, "ml-100k");
-        assert_eq!(ds.items.genres, ["Animation", "Action"]);
-        assert_eq!(ds.users.occupation, [19, 13]);
+        let text = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        assert_eq!(
+            ds.items.attributes.get("genres").unwrap(),
+            text(&["Animation", "Action"])
+        );
+        assert_eq!(
+            ds.users.attributes.get("occupation").unwrap(),
+            text(&["19", "13"])
+        );
     }
 }

@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::error::DataError;
-use crate::raw::RawRating;
+use crate::log::InteractionLog;
 
 /// One of the three splits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,15 +50,26 @@ pub enum Protocol {
     /// fewer than 3 ratings keep all in train.
     #[serde(rename = "leave-last-out")]
     LeaveLastOut,
+    /// A global time cutoff: train before one time, validation until a second, test after
+    /// (evaluated like `leave-last-out`, every held-out row a top-K query).
+    #[serde(rename = "time")]
+    Time,
 }
 
 impl Protocol {
-    /// `seed` or `leave-last-out`.
+    /// `seed`, `leave-last-out` or `time`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Seed => "seed",
             Self::LeaveLastOut => "leave-last-out",
+            Self::Time => "time",
         }
+    }
+
+    /// Whether the held-out rows are ranked against the catalogue (top-K metrics) rather than
+    /// scored pointwise (AUC).
+    pub fn is_retrieval(self) -> bool {
+        self != Self::Seed
     }
 }
 
@@ -74,38 +85,64 @@ impl FromStr for Protocol {
         match s {
             "seed" => Ok(Self::Seed),
             "leave-last-out" => Ok(Self::LeaveLastOut),
+            "time" => Ok(Self::Time),
             other => Err(DataError::InvalidConfig {
-                message: format!("unknown protocol {other:?}, expected seed or leave-last-out"),
+                message: format!(
+                    "unknown protocol {other:?}, expected seed, leave-last-out or time"
+                ),
             }),
         }
     }
 }
 
-/// Assigns each rating (in the given order) to a split.
-///
-/// `seed`: a seeded permutation of the rows; the first ceil(20%) go to test, the next
-/// ceil(10%) of the rest to val, the remainder to train. `leave-last-out`: see [`Protocol`];
-/// a rating without a timestamp is older than every timestamped rating of the same user, and the
-/// line number breaks ties. `seed` is ignored by `leave-last-out`.
-///
-/// ```
-/// use dssm_data::split::{assign_splits, Protocol, Split};
-/// use dssm_data::raw::RawRating;
-/// let r = |line, ts| RawRating { user_id: 1, movie_id: line, user_row: 0, item_row: line,
-///     rating: 4, timestamp: ts, line };
-/// let ratings = [r(1, Some(10)), r(2, Some(10)), r(3, None), r(4, Some(5))];
-/// let splits = assign_splits(&ratings, 1, Protocol::LeaveLastOut, 0);
-/// assert_eq!(splits, [Split::Val, Split::Test, Split::Train, Split::Train]);
-/// ```
-pub fn assign_splits(
-    ratings: &[RawRating],
-    n_users: usize,
-    protocol: Protocol,
-    seed: u64,
-) -> Vec<Split> {
-    match protocol {
-        Protocol::Seed => seed_split(ratings.len(), seed),
-        Protocol::LeaveLastOut => leave_last_out(ratings, n_users),
+/// How rows are assigned to splits, with its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitRule {
+    /// A seeded permutation of the rows: the first ceil(20%) go to test, the next ceil(10%) of
+    /// the rest to val, the remainder to train.
+    Seed(u64),
+    /// See [`Protocol::LeaveLastOut`]: a row without a timestamp is older than every timestamped
+    /// row of the same user, and the row number breaks ties.
+    LeaveLastOut,
+    /// Unix seconds: `t < val_from` -> train, `val_from <= t < test_from` -> val, later -> test;
+    /// rows without a timestamp -> train.
+    Time {
+        /// Start of validation.
+        val_from: i64,
+        /// Start of test.
+        test_from: i64,
+    },
+}
+
+impl SplitRule {
+    /// The protocol this rule implements.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Self::Seed(_) => Protocol::Seed,
+            Self::LeaveLastOut => Protocol::LeaveLastOut,
+            Self::Time { .. } => Protocol::Time,
+        }
+    }
+}
+
+/// Assigns each row of the log (in its order) to a split.
+pub(crate) fn assign_splits(log: &InteractionLog, n_users: usize, rule: SplitRule) -> Vec<Split> {
+    match rule {
+        SplitRule::Seed(seed) => seed_split(log.len(), seed),
+        SplitRule::LeaveLastOut => leave_last_out(log, n_users),
+        SplitRule::Time {
+            val_from,
+            test_from,
+        } => log
+            .timestamp
+            .iter()
+            .map(|&t| match t {
+                crate::log::NO_TIME => Split::Train,
+                t if t >= test_from => Split::Test,
+                t if t >= val_from => Split::Val,
+                _ => Split::Train,
+            })
+            .collect(),
     }
 }
 
@@ -128,33 +165,30 @@ fn seed_split(n: usize, seed: u64) -> Vec<Split> {
     splits
 }
 
-fn leave_last_out(ratings: &[RawRating], n_users: usize) -> Vec<Split> {
+fn leave_last_out(log: &InteractionLog, n_users: usize) -> Vec<Split> {
     // Counting sort of rows by user, then per user sort by (timestamp, line).
     let mut starts = vec![0u32; n_users + 1];
-    for r in ratings {
-        starts[r.user_row as usize + 1] += 1;
+    for &u in &log.user_row {
+        starts[u as usize + 1] += 1;
     }
     for u in 0..n_users {
         starts[u + 1] += starts[u];
     }
     let mut fill = starts.clone();
-    let mut by_user = vec![0u32; ratings.len()];
-    for (i, r) in ratings.iter().enumerate() {
-        let slot = &mut fill[r.user_row as usize];
+    let mut by_user = vec![0u32; log.len()];
+    for (i, &u) in log.user_row.iter().enumerate() {
+        let slot = &mut fill[u as usize];
         by_user[*slot as usize] = i as u32;
         *slot += 1;
     }
-    let mut splits = vec![Split::Train; ratings.len()];
+    let mut splits = vec![Split::Train; log.len()];
     for u in 0..n_users {
         let rows = &mut by_user[starts[u] as usize..starts[u + 1] as usize];
         if rows.len() < 3 {
             continue;
         }
-        // `None < Some(_)`: a rating without a timestamp sorts first.
-        rows.sort_unstable_by_key(|&i| {
-            let r = &ratings[i as usize];
-            (r.timestamp, r.line)
-        });
+        // NO_TIME is i64::MIN: a row without a timestamp sorts first.
+        rows.sort_unstable_by_key(|&i| (log.timestamp[i as usize], log.line[i as usize]));
         splits[rows[rows.len() - 1] as usize] = Split::Test;
         splits[rows[rows.len() - 2] as usize] = Split::Val;
     }
@@ -165,16 +199,21 @@ fn leave_last_out(ratings: &[RawRating], n_users: usize) -> Vec<Split> {
 mod tests {
     use super::*;
 
-    fn rating(user_row: u32, line: u32, timestamp: Option<i64>) -> RawRating {
-        RawRating {
-            user_id: user_row + 1,
-            movie_id: line,
-            user_row,
-            item_row: line,
-            rating: 3,
-            timestamp,
-            line,
+    fn log(rows: &[(u32, u32, Option<i64>)]) -> InteractionLog {
+        let mut log = InteractionLog::default();
+        for &(user, line, time) in rows {
+            log.user_row.push(user);
+            log.item_row.push(line);
+            log.timestamp.push(time.unwrap_or(crate::log::NO_TIME));
+            log.rating.push(f32::NAN);
+            log.label.push(1);
+            log.line.push(line);
         }
+        log
+    }
+
+    fn rating(user_row: u32, line: u32, timestamp: Option<i64>) -> (u32, u32, Option<i64>) {
+        (user_row, line, timestamp)
     }
 
     #[test]
@@ -208,7 +247,7 @@ mod tests {
             rating(2, 9, None),
             rating(2, 10, None),
         ];
-        let s = leave_last_out(&ratings, 3);
+        let s = leave_last_out(&log(&ratings), 3);
         use Split::*;
         assert_eq!(
             s,
@@ -226,14 +265,35 @@ mod tests {
             rating(0, 3, None),
         ];
         assert_eq!(
-            leave_last_out(&ratings, 1),
+            leave_last_out(&log(&ratings), 1),
             vec![Split::Test, Split::Train, Split::Val]
         );
     }
 
     #[test]
+    fn the_time_split_cuts_at_two_instants_and_keeps_untimed_rows_in_train() {
+        let rows = log(&[
+            rating(0, 1, Some(99)),
+            rating(0, 2, Some(100)),
+            rating(1, 3, Some(199)),
+            rating(1, 4, Some(200)),
+            rating(1, 5, None),
+        ]);
+        let rule = SplitRule::Time {
+            val_from: 100,
+            test_from: 200,
+        };
+        use Split::*;
+        assert_eq!(
+            assign_splits(&rows, 2, rule),
+            [Train, Val, Val, Test, Train]
+        );
+        assert_eq!(rule.protocol(), Protocol::Time);
+    }
+
+    #[test]
     fn protocol_names_round_trip() {
-        for p in [Protocol::Seed, Protocol::LeaveLastOut] {
+        for p in [Protocol::Seed, Protocol::LeaveLastOut, Protocol::Time] {
             assert_eq!(p.name().parse::<Protocol>().unwrap(), p);
             assert_eq!(
                 serde_json::to_string(&p).unwrap(),

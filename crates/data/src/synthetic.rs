@@ -469,13 +469,14 @@ mod tests {
 
     #[test]
     fn features_beat_popularity() {
-        use crate::split::{Protocol, Split, assign_splits};
+        use crate::split::{Split, SplitRule, assign_splits};
         let data = parse_files(
             DatasetKind::Synthetic,
             generate(&SyntheticConfig::default()).unwrap().into_named(),
         )
         .unwrap();
-        let splits = assign_splits(&data.ratings, data.users.len(), Protocol::Seed, 1);
+        let log = crate::movielens::inputs(data.clone(), 3.0).log;
+        let splits = assign_splits(&log, data.users.len(), SplitRule::Seed(1));
         let group = |row: u32| {
             let u = &data.users[row as usize];
             (u.gender.clone(), u.age, u.occupation)

@@ -102,6 +102,16 @@ pub enum Protocol {
     Seed,
     /// Full-catalogue retrieval of each user's last interaction; HR@K.
     LeaveLastOut,
+    /// A global time cutoff (a dataset spec's `split.kind = "time"`): full-catalogue retrieval of
+    /// every held-out interaction, as under `leave-last-out`.
+    Time,
+}
+
+impl Protocol {
+    /// Whether held-out rows are ranked against the catalogue (HR@K) rather than scored (AUC).
+    pub fn is_retrieval(self) -> bool {
+        self != Protocol::Seed
+    }
 }
 
 impl fmt::Display for Protocol {
@@ -109,6 +119,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Seed => "seed",
             Protocol::LeaveLastOut => "leave-last-out",
+            Protocol::Time => "time",
         })
     }
 }
@@ -841,20 +852,20 @@ impl RunConfig {
                     "\"auc\", \"logloss\" or \"gauc\" under data.protocol seed",
                 ));
             }
-            (Protocol::LeaveLastOut, m) if m != SelectMetric::HitRate => {
+            (Protocol::LeaveLastOut | Protocol::Time, m) if m != SelectMetric::HitRate => {
                 return Err(invalid(
                     "train.select_metric",
                     format!("{:?}", m.name()),
-                    "\"hit_rate\" under data.protocol leave-last-out",
+                    "\"hit_rate\" under data.protocol leave-last-out or time",
                 ));
             }
             _ => {}
         }
-        if self.features.history_len > 0 && self.data.protocol != Protocol::LeaveLastOut {
+        if self.features.history_len > 0 && !self.data.protocol.is_retrieval() {
             return Err(invalid(
                 "features.history_len",
                 self.features.history_len,
-                "0 unless data.protocol is leave-last-out",
+                "0 unless data.protocol is leave-last-out or time",
             ));
         }
         if self.features.recent_len > self.features.history_len {

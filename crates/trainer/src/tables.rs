@@ -99,6 +99,9 @@ pub(crate) fn model_config(
                         PoolingKind::Sum => Pooling::Sum,
                     },
                 },
+                dssm_data::FeatureKind::Dense => FeatureKind::Dense {
+                    dim: spec.dim.unwrap_or(1).max(1),
+                },
             };
             features.push(FeatureSpec {
                 name: name.clone(),
@@ -168,13 +171,30 @@ pub(crate) fn model_config(
     Ok(model)
 }
 
-/// One id column: `width` ids per row (1 for categorical), row-major.
+/// One feature column: `width` ids (1 for categorical) or floats (dense) per row, row-major.
 #[derive(Debug, Clone)]
 struct IdColumn {
     width: usize,
     values: Vec<u32>,
+    /// Dense features: the floats (`values` is then empty).
+    floats: Option<Vec<f32>>,
     /// The `history` or `recent` feature: filled per query by [`SideTable::expand`].
     from_history: bool,
+}
+
+impl IdColumn {
+    fn ids(width: usize, values: Vec<u32>, from_history: bool) -> Self {
+        Self {
+            width,
+            values,
+            floats: None,
+            from_history,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.floats.as_ref().map_or(self.values.len(), Vec::len)
+    }
 }
 
 /// The encoded features of one side's table, in tower order.
@@ -189,6 +209,7 @@ pub(crate) struct SideTable {
 #[derive(Debug, Default)]
 pub(crate) struct GatherBuffers {
     columns: Vec<Vec<u32>>,
+    floats: Vec<Vec<f32>>,
 }
 
 impl SideTable {
@@ -211,11 +232,7 @@ impl SideTable {
             ) = (side, spec.name.as_str(), spec.kind)
             {
                 // Filled per query by `expand`; empty (all padding) here.
-                columns.push(IdColumn {
-                    width: max_len,
-                    values: vec![0; table.rows * max_len],
-                    from_history: true,
-                });
+                columns.push(IdColumn::ids(max_len, vec![0; table.rows * max_len], true));
                 continue;
             }
             let column = table.get(&spec.name).ok_or_else(|| TrainError::Dataset {
@@ -223,19 +240,23 @@ impl SideTable {
                 message: format!("the {side} table has no column feature.{}", spec.name),
             })?;
             let column = match (&column.values, spec.kind) {
-                (FeatureValues::Categorical(values), FeatureKind::Categorical { .. }) => IdColumn {
-                    width: 1,
-                    values: values.clone(),
-                    from_history: false,
-                },
+                (FeatureValues::Categorical(values), FeatureKind::Categorical { .. }) => {
+                    IdColumn::ids(1, values.clone(), false)
+                }
                 (
                     FeatureValues::Multi { max_len, values },
                     FeatureKind::MultiCategorical { max_len: m, .. },
-                ) if *max_len == m => IdColumn {
-                    width: m,
-                    values: values.clone(),
-                    from_history: false,
-                },
+                ) if *max_len == m => IdColumn::ids(m, values.clone(), false),
+                (FeatureValues::Dense { dim, values }, FeatureKind::Dense { dim: d })
+                    if *dim == d =>
+                {
+                    IdColumn {
+                        width: d,
+                        values: Vec::new(),
+                        floats: Some(values.clone()),
+                        from_history: false,
+                    }
+                }
                 _ => {
                     return Err(TrainError::Dataset {
                         path: dataset.dir.clone(),
@@ -246,13 +267,13 @@ impl SideTable {
                     });
                 }
             };
-            if column.values.len() != table.rows * column.width {
+            if column.len() != table.rows * column.width {
                 return Err(TrainError::Dataset {
                     path: dataset.dir.clone(),
                     message: format!(
                         "column feature.{} has {} values for {} rows of width {}",
                         spec.name,
-                        column.values.len(),
+                        column.len(),
                         table.rows,
                         column.width
                     ),
@@ -282,6 +303,18 @@ impl SideTable {
             .iter()
             .map(|column| {
                 let w = column.width;
+                if let Some(floats) = &column.floats {
+                    let mut picked = Vec::with_capacity(rows.len() * w);
+                    for &r in rows {
+                        picked.extend_from_slice(&floats[r as usize * w..(r as usize + 1) * w]);
+                    }
+                    return IdColumn {
+                        width: w,
+                        values: Vec::new(),
+                        floats: Some(picked),
+                        from_history: false,
+                    };
+                }
                 let mut values = Vec::with_capacity(rows.len() * w);
                 if column.from_history {
                     for row in history.chunks_exact(len.max(1)) {
@@ -294,11 +327,7 @@ impl SideTable {
                         );
                     }
                 }
-                IdColumn {
-                    width: w,
-                    values,
-                    from_history: column.from_history,
-                }
+                IdColumn::ids(w, values, column.from_history)
             })
             .collect();
         SideTable {
@@ -316,25 +345,54 @@ impl SideTable {
         buffers: &mut GatherBuffers,
         device: &Device,
     ) -> Result<SideBatch, TrainError> {
-        let host: Vec<HostColumn<'_>> = self
-            .gather(rows, buffers)
-            .into_iter()
-            .map(HostColumn::Ids)
-            .collect();
+        let host = self.gather_host(rows, buffers);
         SideBatch::from_host(model, self.side, rows.len(), &host, device).map_err(TrainError::model)
     }
 
+    /// Gathers `rows` into `buffers`: one host column per feature in tower order, dense
+    /// features as floats.
+    pub(crate) fn gather_host<'b>(
+        &self,
+        rows: &[u32],
+        buffers: &'b mut GatherBuffers,
+    ) -> Vec<HostColumn<'b>> {
+        self.fill(rows, buffers);
+        let GatherBuffers { columns, floats } = buffers;
+        self.columns
+            .iter()
+            .zip(columns.iter().zip(floats.iter()))
+            .map(|(column, (ids, floats))| match column.floats {
+                Some(_) => HostColumn::Dense(floats),
+                None => HostColumn::Ids(ids),
+            })
+            .collect()
+    }
+
     /// Gathers `rows` into `buffers` (reused across batches): one id slice per column, in tower
-    /// order (categorical: one id per row; multi-categorical: `max_len` per row).
+    /// order (categorical: one id per row; multi-categorical: `max_len` per row). Dense columns
+    /// give an empty slice: the CPU engine, the only caller, refuses dense features.
     pub(crate) fn gather<'b>(
         &self,
         rows: &[u32],
         buffers: &'b mut GatherBuffers,
     ) -> Vec<&'b [u32]> {
+        self.fill(rows, buffers);
+        buffers.columns.iter().map(Vec::as_slice).collect()
+    }
+
+    fn fill(&self, rows: &[u32], buffers: &mut GatherBuffers) {
         buffers.columns.resize_with(self.columns.len(), Vec::new);
-        for (column, buffer) in self.columns.iter().zip(&mut buffers.columns) {
+        buffers.floats.resize_with(self.columns.len(), Vec::new);
+        let targets = buffers.columns.iter_mut().zip(&mut buffers.floats);
+        for (column, (buffer, floats)) in self.columns.iter().zip(targets) {
             buffer.clear();
-            if column.width == 1 {
+            floats.clear();
+            if let Some(values) = &column.floats {
+                let w = column.width;
+                for &r in rows {
+                    floats.extend_from_slice(&values[r as usize * w..(r as usize + 1) * w]);
+                }
+            } else if column.width == 1 {
                 buffer.extend(rows.iter().map(|&r| column.values[r as usize]));
             } else {
                 buffer.reserve(rows.len() * column.width);
@@ -344,7 +402,6 @@ impl SideTable {
                 }
             }
         }
-        buffers.columns.iter().map(Vec::as_slice).collect()
     }
 }
 
@@ -359,21 +416,9 @@ mod tests {
             side: Side::User,
             rows: 2,
             columns: vec![
-                IdColumn {
-                    width: 1,
-                    values: vec![10, 11],
-                    from_history: false,
-                },
-                IdColumn {
-                    width: 3,
-                    values: vec![0; 6],
-                    from_history: true,
-                },
-                IdColumn {
-                    width: 2,
-                    values: vec![0; 4],
-                    from_history: true,
-                },
+                IdColumn::ids(1, vec![10, 11], false),
+                IdColumn::ids(3, vec![0; 6], true),
+                IdColumn::ids(2, vec![0; 4], true),
             ],
         };
         // Queries: user row 1, then user row 0; histories most recent first.

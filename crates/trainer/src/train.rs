@@ -724,7 +724,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
         }
     };
     let trainer = EpochBuilder::new(config, &prepared, epoch_rows_source)?;
-    let leave_last_out = config.data.protocol == Protocol::LeaveLastOut;
+    let leave_last_out = config.data.protocol.is_retrieval();
     // leave-last-out: candidates, train items per user and the popularity baseline.
     let retrieval = if leave_last_out {
         let setup = RetrievalSetup::new(n_users, n_items, &train_rows.users, &train_rows.items);
@@ -1064,7 +1064,7 @@ impl<'a> EpochBuilder<'a> {
             None
         };
         // Under leave-last-out every interaction is a positive, whatever its rating.
-        let labels: Vec<f32> = if config.data.protocol == Protocol::LeaveLastOut {
+        let labels: Vec<f32> = if config.data.protocol.is_retrieval() {
             vec![1.0; train.labels.len()]
         } else {
             train.labels.iter().map(|&l| f32::from(l.min(1))).collect()
@@ -1580,7 +1580,7 @@ pub fn load_run(run_dir: &Path) -> Result<LoadedRun, TrainError> {
 pub fn evaluate_run(run_dir: &Path, split: Split) -> Result<EvalReport, TrainError> {
     let started = Instant::now();
     let loaded = load_run(run_dir)?;
-    if loaded.config.data.protocol == Protocol::LeaveLastOut {
+    if loaded.config.data.protocol.is_retrieval() {
         return Err(TrainError::Unsupported {
             message: "evaluate_run computes the pointwise metrics of the seed protocol; a \
                       leave-last-out run's ranking metrics are in its metrics.json (retrieval) \
