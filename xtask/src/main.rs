@@ -16,7 +16,7 @@ mod bench_train;
 const DSSM_STEPS: &[(&str, &str)] = &[
     (
         "prepare-data",
-        "MovieLens (or synthetic) files -> encoded, split Parquet dataset",
+        "MovieLens, synthetic, or your own files (--spec) -> encoded, split Parquet dataset",
     ),
     ("train", "train a model from a run config (TOML)"),
     (
@@ -29,7 +29,7 @@ const DSSM_STEPS: &[(&str, &str)] = &[
     ),
     (
         "recommend",
-        "top-K movies for a user (or a described new user)",
+        "top-K items for a user by key (or a new user described by features)",
     ),
     (
         "evaluate-retrieval",

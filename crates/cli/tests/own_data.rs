@@ -78,6 +78,18 @@ fn shop() -> Shop {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
+fn iso(t: i64) -> String {
+    let (y, m, d) = civil_from_days(t.div_euclid(86_400));
+    let secs = t.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 fn write_csv(shop: &Shop, dir: &Path) {
     let mut products = String::from("sku,brand,tags,price,embedding\n");
     for p in &shop.products {
@@ -100,15 +112,7 @@ fn write_csv(shop: &Shop, dir: &Path) {
     // Times as ISO text in the CSV (Unix seconds in the Parquet copy).
     let mut clicks = String::from("customer_id,sku,clicked_at\n");
     for (c, sku, t) in &shop.clicks {
-        let days = t / 86_400;
-        let secs = t % 86_400;
-        let (y, m, d) = civil_from_days(days);
-        clicks += &format!(
-            "{c},{sku},{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z\n",
-            secs / 3600,
-            secs % 3600 / 60,
-            secs % 60
-        );
+        clicks += &format!("{c},{sku},{}\n", iso(*t));
     }
     std::fs::write(dir.join("clicks.csv"), clicks).unwrap();
 }
@@ -349,16 +353,72 @@ fn a_shop_log_in_csv_or_parquet_prepares_identically_trains_and_recommends_by_ke
         "--set",
         &format!("output.dir={:?}", path(&run)),
         "--set",
-        "train.epochs=2",
+        "train.epochs=12",
         "--set",
         "train.batch_size=128",
     ]);
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    // Each segment clicks its own third of the catalogue 80% of the time: the towers must find
+    // that, popularity cannot.
+    let hit_rate_at_20 = |ranker: &str| {
+        let at_k = &metrics["retrieval"][ranker][0]["at_k"];
+        let at_20 = at_k
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["k"] == 20)
+            .unwrap();
+        at_20["hit_rate"].as_f64().unwrap()
+    };
+    let (model, popularity) = (hit_rate_at_20("test"), hit_rate_at_20("popularity_test"));
+    println!("test HR@20 model {model:.3}, popularity {popularity:.3}");
     assert!(
-        metrics["test"].is_object() || metrics["retrieval"].is_object(),
-        "{metrics}"
+        model > popularity + 0.15,
+        "model {model} vs popularity {popularity}"
     );
+
+    // The same log under a global time cutoff, trained as a retrieval task.
+    let times: Vec<i64> = shop.clicks.iter().map(|c| c.2).collect();
+    let (val_from, test_from) = (times[times.len() * 8 / 10], times[times.len() * 9 / 10]);
+    let time_spec = spec("csv").replace(
+        "kind = \"leave-last-out\"",
+        &format!(
+            "kind = \"time\"\nval_from = {val_from}\ntest_from = \"{}\"",
+            iso(test_from)
+        ),
+    );
+    let spec_path = dir.path().join("shop-time.toml");
+    std::fs::write(&spec_path, time_spec).unwrap();
+    let by_time = dir.path().join("prepared-time");
+    dssm(&[
+        "prepare-data",
+        "--spec",
+        path(&spec_path),
+        "--out",
+        path(&by_time),
+    ]);
+    let timed = dssm_data::Dataset::open(&by_time).unwrap();
+    assert_eq!(timed.manifest.protocol, dssm_data::Protocol::Time);
+    let test = timed.interactions(dssm_data::Split::Test).unwrap();
+    let train = timed.interactions(dssm_data::Split::Train).unwrap();
+    assert!(test.timestamp.iter().all(|t| t.unwrap() >= test_from));
+    assert!(train.timestamp.iter().all(|t| t.unwrap() < val_from));
+    let time_run = dir.path().join("run-time");
+    dssm(&[
+        "train",
+        "--config",
+        path(&config),
+        "--set",
+        &format!("data.path={:?}", path(&by_time)),
+        "--set",
+        "data.protocol=\"time\"",
+        "--set",
+        &format!("output.dir={:?}", path(&time_run)),
+        "--set",
+        "train.epochs=1",
+    ]);
+    assert!(time_run.join("metrics.json").is_file());
 
     // A known customer by key: five products, none already clicked.
     let out = dssm(&[
@@ -445,6 +505,14 @@ fn bad_shop_data_is_refused_naming_file_column_and_row_and_nothing_is_written() 
             products.replacen(",5.75,", ",cheap,", 1),
             "products.csv:3: column \"price\": expected a number, found \"cheap\"",
         ),
+        // A click without a customer.
+        (
+            "clicks.csv",
+            std::fs::read_to_string(dir.path().join("clicks.csv"))
+                .unwrap()
+                .replacen("\nc000,", "\n,", 1),
+            "clicks.csv:2: column \"customer_id\": expected a key, found an empty cell",
+        ),
         // A click on a product the table lacks.
         (
             "clicks.csv",
@@ -486,6 +554,35 @@ fn bad_shop_data_is_refused_naming_file_column_and_row_and_nothing_is_written() 
             .filter(|n| n.starts_with('.'))
             .collect();
         assert!(left.is_empty(), "temporary folders left: {left:?}");
+    }
+    // A missing file and a missing column are named.
+    let spec_path = dir.path().join("missing.toml");
+    let missing_file = spec("csv").replace("customers.csv", "nobody.csv");
+    let missing_column = spec("csv").replace("timestamp = \"clicked_at\"", "timestamp = \"when\"");
+    for (text, expected) in [
+        (missing_file, "nobody.csv"),
+        (
+            missing_column,
+            "clicks.csv: no column \"when\" (columns: customer_id, sku, clicked_at)",
+        ),
+    ] {
+        std::fs::write(&spec_path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_dssm"))
+            .args([
+                "prepare-data",
+                "--spec",
+                path(&spec_path),
+                "--out",
+                path(&dir.path().join("y")),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in:\n{stderr}"
+        );
     }
     // A misspelt key in the spec names its line.
     let spec_path = dir.path().join("typo.toml");

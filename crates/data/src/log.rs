@@ -1,7 +1,7 @@
 //! The interaction log in compact columns (about 21 bytes a row), read from a spec's CSV or
 //! Parquet file chunk by chunk with every key resolved to a user and item row.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::path::Path;
 
 use crate::error::DataError;
@@ -79,7 +79,7 @@ impl Resolver<'_> {
     /// A resolver that discovers keys.
     pub(crate) fn discover() -> Self {
         Self::Discover {
-            index: HashMap::new(),
+            index: HashMap::default(),
             texts: Vec::new(),
         }
     }

@@ -2,8 +2,8 @@
 //! the interaction log), cells read as text, numbers, lists or vectors with errors naming the
 //! file, column and row, and the keys of users and items mapped to rows.
 
+use foldhash::HashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -678,7 +678,8 @@ pub(crate) fn table_keys(
     key_column: &str,
 ) -> Result<(Keys, Vec<u32>), DataError> {
     let values = table.column(key_column)?;
-    let mut seen: HashMap<String, usize> = HashMap::with_capacity(table.rows);
+    let mut seen: HashMap<String, usize> =
+        HashMap::with_capacity_and_hasher(table.rows, Default::default());
     let mut texts = Vec::with_capacity(table.rows);
     for row in 0..table.rows {
         let key = key_text(table, values, key_column, row)?.into_owned();
