@@ -1,4 +1,4 @@
-//! The interaction log in compact columns (about 21 bytes a row), read from a spec's CSV or
+//! The interaction log in compact columns (25 bytes a row), read from a spec's CSV or
 //! Parquet file chunk by chunk with every key resolved to a user and item row.
 
 use foldhash::HashMap;

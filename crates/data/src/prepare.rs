@@ -1139,6 +1139,44 @@ mod tests {
     }
 
     #[test]
+    fn degenerate_data_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(
+            src.join("users.dat"),
+            "1::F::1::10::48067\n2::M::25::3::12345\n",
+        )
+        .unwrap();
+        fs::write(
+            src.join("movies.dat"),
+            "1::A (1990)::Drama\n2::B (1991)::Comedy\n",
+        )
+        .unwrap();
+        let out = dir.path().join("ds");
+        let refused = |ratings: &str, threshold: u8| {
+            fs::write(src.join("ratings.dat"), ratings).unwrap();
+            let mut request =
+                PrepareRequest::new(Source::Folder(src.clone()), DatasetKind::Ml1m, &out);
+            request.label_threshold = threshold;
+            let err = prepare(&request, &|_| {}).unwrap_err();
+            assert!(!out.exists());
+            match err {
+                DataError::Degenerate { message } => message,
+                other => panic!("expected a refusal, got {other}"),
+            }
+        };
+        assert!(refused("", 3).contains("no interactions"));
+        // Two ratings: one goes to test, one to validation, none to train.
+        assert!(refused("1::1::5::1\n2::2::4::2\n", 3).contains("leaves train empty"));
+        let many: String = (0..40)
+            .map(|i| format!("{}::{}::{}::{i}\n", 1 + i % 2, 1 + i % 3 / 2, 1 + i % 5))
+            .collect();
+        // Every rating at or below the threshold: nothing to learn from.
+        assert!(refused(&many, 5).contains("no positive interaction in train"));
+    }
+
+    #[test]
     fn inconsistent_requests_are_rejected() {
         let request = PrepareRequest::new(
             Source::Synthetic(small()),
