@@ -280,6 +280,17 @@ fn dssm(args: &[&str]) -> Output {
     output
 }
 
+/// Runs dssm expecting exit code 1; returns its stderr.
+fn dssm_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dssm"))
+        .args(args)
+        .output()
+        .expect("the dssm binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "dssm {args:?}: {stderr}");
+    stderr
+}
+
 fn prepare(dir: &Path, extension: &str) -> PathBuf {
     let spec_path = dir.join(format!("shop-{extension}.toml"));
     std::fs::write(&spec_path, spec(extension)).unwrap();
@@ -468,12 +479,11 @@ fn a_shop_log_in_csv_or_parquet_prepares_identically_trains_and_recommends_by_ke
     );
     assert!(!stdout.contains("not in the train vocabulary"), "{stdout}");
     // An unknown key is an error naming it.
-    let out = Command::new(env!("CARGO_BIN_EXE_dssm"))
-        .args(["recommend", "--run", path(&run), "--user", "nobody"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("\"nobody\" is not in the dataset"));
+    let stderr = dssm_fails(&["recommend", "--run", path(&run), "--user", "nobody"]);
+    assert!(
+        stderr.contains("\"nobody\" is not in the dataset"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -531,18 +541,13 @@ fn bad_shop_data_is_refused_naming_file_column_and_row_and_nothing_is_written() 
         let spec_path = case.path().join("shop.toml");
         std::fs::write(&spec_path, spec("csv")).unwrap();
         let out_dir = case.path().join("out");
-        let out = Command::new(env!("CARGO_BIN_EXE_dssm"))
-            .args([
-                "prepare-data",
-                "--spec",
-                path(&spec_path),
-                "--out",
-                path(&out_dir),
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let stderr = dssm_fails(&[
+            "prepare-data",
+            "--spec",
+            path(&spec_path),
+            "--out",
+            path(&out_dir),
+        ]);
         assert!(
             stderr.contains(expected),
             "expected {expected:?} in:\n{stderr}"
@@ -567,18 +572,13 @@ fn bad_shop_data_is_refused_naming_file_column_and_row_and_nothing_is_written() 
         ),
     ] {
         std::fs::write(&spec_path, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_dssm"))
-            .args([
-                "prepare-data",
-                "--spec",
-                path(&spec_path),
-                "--out",
-                path(&dir.path().join("y")),
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let stderr = dssm_fails(&[
+            "prepare-data",
+            "--spec",
+            path(&spec_path),
+            "--out",
+            path(&dir.path().join("y")),
+        ]);
         assert!(
             stderr.contains(expected),
             "expected {expected:?} in:\n{stderr}"
@@ -591,18 +591,13 @@ fn bad_shop_data_is_refused_naming_file_column_and_row_and_nothing_is_written() 
         spec("csv").replace("display = [\"segment\"]", "dispaly = [\"segment\"]"),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_dssm"))
-        .args([
-            "prepare-data",
-            "--spec",
-            path(&spec_path),
-            "--out",
-            path(&dir.path().join("x")),
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = dssm_fails(&[
+        "prepare-data",
+        "--spec",
+        path(&spec_path),
+        "--out",
+        path(&dir.path().join("x")),
+    ]);
     assert!(
         stderr.contains("typo.toml:14:") && stderr.contains("dispaly"),
         "{stderr}"

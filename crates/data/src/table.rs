@@ -366,6 +366,28 @@ fn csv_error(path: &Path, e: csv::Error) -> DataError {
     }
 }
 
+/// The position of each wanted column among a file's columns, or the error naming the first
+/// missing one and the columns there are.
+fn column_indices(
+    path: &Path,
+    available: &[String],
+    wanted: &[&str],
+) -> Result<Vec<usize>, DataError> {
+    wanted
+        .iter()
+        .map(|w| {
+            available
+                .iter()
+                .position(|h| h == w)
+                .ok_or_else(|| DataError::MissingColumn {
+                    path: path.to_path_buf(),
+                    column: w.to_string(),
+                    available: available.to_vec(),
+                })
+        })
+        .collect()
+}
+
 fn csv_chunks(
     file: &TableFile<'_>,
     wanted: &[&str],
@@ -385,19 +407,7 @@ fn csv_chunks(
         })?;
     let header = reader.headers().map_err(|e| csv_error(path, e))?.clone();
     let available: Vec<String> = header.iter().map(str::to_string).collect();
-    let indices = wanted
-        .iter()
-        .map(|w| {
-            available
-                .iter()
-                .position(|h| h == w)
-                .ok_or_else(|| DataError::MissingColumn {
-                    path: path.to_path_buf(),
-                    column: w.to_string(),
-                    available: available.clone(),
-                })
-        })
-        .collect::<Result<Vec<usize>, _>>()?;
+    let indices = column_indices(path, &available, wanted)?;
     let mut record = csv::StringRecord::new();
     let mut first_row = 0;
     loop {
@@ -452,18 +462,7 @@ fn parquet_chunks(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let mut roots = Vec::new();
-    for w in wanted {
-        let i = available
-            .iter()
-            .position(|h| h == w)
-            .ok_or_else(|| DataError::MissingColumn {
-                path: path.to_path_buf(),
-                column: w.to_string(),
-                available: available.clone(),
-            })?;
-        roots.push(i);
-    }
+    let roots = column_indices(path, &available, wanted)?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let reader = builder
         .with_projection(mask)
