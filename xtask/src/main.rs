@@ -54,6 +54,7 @@ fn main() -> Result<()> {
         }
         "acceptance" => acceptance(&rest),
         "bench-data" => bench_data(&rest),
+        "fuzz" => fuzz(&rest),
         "bench-sampler" => run_cargo(&["bench", "-p", "dssm-sampler"], &rest),
         "bench-model" => run_cargo(&["bench", "-p", "dssm-model"], &rest),
         "bench-train" => bench_train::run(&rest),
@@ -77,6 +78,7 @@ fn print_help() {
     println!(
         "\nRepository tasks:\n  \
          acceptance           real-data checks on ../shared/datasets/ml-1m-bench (skipped, saying so, when absent)\n  \
+         fuzz [--cases N]     every parser and loader fed N random and mutated inputs each\n  \
          bench-data [--scale-only] [--rows N]\n                              preparing ML-1M end to end (criterion), then N (default 100M)\n                              synthetic interactions from Parquet: wall time and peak memory\n  \
          bench-sampler        negative sampling draws/s against the RNG alone and a baseline\n  \
          bench-model          forward+backward+step samples/s of the reference architecture\n  \
@@ -96,6 +98,25 @@ fn workspace_root() -> PathBuf {
 
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+}
+
+/// `fuzz [--cases N]`: every fuzz target of `tests/fuzz.rs` with N cases each (default 100,000);
+/// prints the cases tried and the failures per target.
+fn fuzz(rest: &[String]) -> Result<()> {
+    let cases = match rest {
+        [] => "100000".to_string(),
+        [flag, n] if flag == "--cases" => n.replace('_', ""),
+        _ => bail!("usage: cargo xtask fuzz [--cases N]"),
+    };
+    let status = cargo()
+        .args(["test", "--release", "-p", "dssm-e2e", "--test", "fuzz", "--", "--nocapture"])
+        .env("DSSM_FUZZ_CASES", &cases)
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("fuzzing found a failure (above, with its minimal input)");
+    }
+    Ok(())
 }
 
 /// `bench-data`: the criterion bench of `prepare` (unless `--scale-only`), then the scale bench

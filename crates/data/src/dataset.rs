@@ -610,14 +610,16 @@ fn split_batch(
 
 fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| DataError::parquet(path, e))?
-        .with_batch_size(1 << 16)
-        .build()
-        .map_err(|e| DataError::parquet(path, e))?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DataError::parquet(path, e))
+    crate::error::parquet_guard(path, || {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| DataError::parquet(path, e))?
+            .with_batch_size(1 << 16)
+            .build()
+            .map_err(|e| DataError::parquet(path, e))?;
+        reader
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| DataError::parquet(path, e))
+    })
 }
 
 fn column<'a, T: 'static>(
@@ -763,13 +765,25 @@ fn read_attributes(
     Ok(Attributes { columns })
 }
 
+/// A column schema.json lists is not in the table: name both files.
+fn listed_in_schema(e: DataError) -> DataError {
+    match e {
+        DataError::Parquet { path, message } => DataError::Parquet {
+            path,
+            message: format!("{message} ({} lists it)", files::SCHEMA),
+        },
+        other => other,
+    }
+}
+
 fn read_users(path: &Path, schema: &Schema) -> Result<UserTable, DataError> {
     let batches = read_batches(path)?;
     Ok(UserTable {
         user_id: u32s(path, &batches, "user_id")?,
         key: strings(path, &batches, "user_key")?,
-        attributes: read_attributes(path, &batches, &schema.user_attributes)?,
-        features: read_features(path, &batches, schema, Side::User)?,
+        attributes: read_attributes(path, &batches, &schema.user_attributes)
+            .map_err(listed_in_schema)?,
+        features: read_features(path, &batches, schema, Side::User).map_err(listed_in_schema)?,
     })
 }
 
@@ -778,9 +792,10 @@ fn read_items(path: &Path, schema: &Schema) -> Result<ItemTable, DataError> {
     Ok(ItemTable {
         movie_id: u32s(path, &batches, "movie_id")?,
         key: strings(path, &batches, "item_key")?,
-        attributes: read_attributes(path, &batches, &schema.item_attributes)?,
+        attributes: read_attributes(path, &batches, &schema.item_attributes)
+            .map_err(listed_in_schema)?,
         train_count: u32s(path, &batches, "train_count")?,
-        features: read_features(path, &batches, schema, Side::Item)?,
+        features: read_features(path, &batches, schema, Side::Item).map_err(listed_in_schema)?,
     })
 }
 

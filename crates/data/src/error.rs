@@ -280,6 +280,25 @@ impl fmt::Display for LineProblem {
     }
 }
 
+/// Runs a Parquet read, turning a panic of the Parquet reader on a corrupt file (it asserts on
+/// some malformed metadata) into an error naming the file.
+pub(crate) fn parquet_guard<T>(
+    path: &std::path::Path,
+    read: impl FnOnce() -> Result<T, DataError>,
+) -> Result<T, DataError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(DataError::parquet(
+            path,
+            format!("corrupt Parquet file (the reader failed: {reason})"),
+        ))
+    })
+}
+
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {

@@ -454,23 +454,25 @@ fn parquet_chunks(
     mut on_chunk: impl FnMut(SourceTable) -> Result<(), DataError>,
 ) -> Result<(), DataError> {
     let handle = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(handle)
-        .map_err(|e| DataError::parquet(path, e))?;
-    let arrow_schema = builder.schema().clone();
-    let available: Vec<String> = arrow_schema
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let roots = column_indices(path, &available, wanted)?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(CHUNK_ROWS)
-        .build()
-        .map_err(|e| DataError::parquet(path, e))?;
+    let mut reader = crate::error::parquet_guard(path, || {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(handle)
+            .map_err(|e| DataError::parquet(path, e))?;
+        let available: Vec<String> = builder
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let roots = column_indices(path, &available, wanted)?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        builder
+            .with_projection(mask)
+            .with_batch_size(CHUNK_ROWS)
+            .build()
+            .map_err(|e| DataError::parquet(path, e))
+    })?;
     let mut first_row = 0;
-    for batch in reader {
+    while let Some(batch) = crate::error::parquet_guard(path, || Ok(reader.next()))? {
         let batch = batch.map_err(|e| DataError::parquet(path, e))?;
         let mut chunk = table_of_batch(path, &batch, wanted)?;
         chunk.first_row = first_row;

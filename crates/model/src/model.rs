@@ -762,7 +762,7 @@ impl Dssm {
         })?;
         let config: ModelConfig =
             serde_json::from_str(&text).map_err(|source| ModelError::Json {
-                path: config_path,
+                path: config_path.clone(),
                 source,
             })?;
         let path = dir.join(WEIGHTS_FILE);
@@ -781,18 +781,27 @@ impl Dssm {
             .next()
             .map(|t| t.dtype())
             .unwrap_or(DType::F32);
-        let model = Self::new_with_dtype(config, 0, device, dtype)?;
+        // A config that does not check is the config file's fault.
+        let model = Self::new_with_dtype(config, 0, device, dtype).map_err(|e| match e {
+            ModelError::Config(e) => ModelError::Checkpoint {
+                path: config_path.clone(),
+                problem: e.to_string(),
+            },
+            other => other,
+        })?;
         for (name, var) in &model.named_vars {
             let bad = |problem: String| ModelError::Checkpoint {
                 path: path.clone(),
                 problem,
             };
-            let t = tensors
-                .remove(name)
-                .ok_or_else(|| bad(format!("missing tensor `{name}`")))?;
+            let t = tensors.remove(name).ok_or_else(|| {
+                bad(format!(
+                    "missing tensor `{name}` that {CONFIG_FILE} describes"
+                ))
+            })?;
             if t.dims() != var.dims() || t.dtype() != dtype {
                 return Err(bad(format!(
-                    "tensor `{name}` is {:?} {:?}, expected {:?} {:?}",
+                    "tensor `{name}` is {:?} {:?}, expected {:?} {:?} as {CONFIG_FILE} describes",
                     t.dtype(),
                     t.dims(),
                     dtype,

@@ -111,8 +111,26 @@ pub fn write_embeddings(path: &Path, matrix: &EmbeddingMatrix, model_id: &str) -
 }
 
 /// Reads an embedding file written by [`write_embeddings`] (or any file with the same columns; the dim
-/// entry is then taken from the data, and a missing model id reads as empty).
+/// entry is then taken from the data, and a missing model id reads as empty). A corrupt file is an
+/// error naming it, also where the Parquet reader itself would panic.
 pub fn read_embeddings(path: &Path) -> Result<EmbeddingFile> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_embeddings_unguarded(path)
+    }))
+    .unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::EmbeddingFile {
+            path: path.to_path_buf(),
+            message: format!("corrupt Parquet file (the reader failed: {reason})"),
+        })
+    })
+}
+
+fn read_embeddings_unguarded(path: &Path) -> Result<EmbeddingFile> {
     let file_error = |message: String| Error::EmbeddingFile {
         path: path.to_path_buf(),
         message,
