@@ -284,15 +284,50 @@ fn prepared_dataset(dir: &Path) -> PathBuf {
     out
 }
 
-/// Mutates one file of a folder per case, runs `open`, and restores the file.
-fn fuzz_folder_file(folder: &Path, file: &str, open: &dyn Fn(&Path) -> Result<(), String>) {
+/// Mutates one file of a folder per case, runs `open`, and restores the file. With
+/// `manifest`, the manifest's size and md5 of the file are updated to the mutation, so the
+/// parser behind the checksum is what gets fuzzed.
+fn fuzz_folder_file(
+    folder: &Path,
+    file: &str,
+    manifest: Option<&str>,
+    open: &dyn Fn(&Path) -> Result<(), String>,
+) {
     let path = folder.join(file);
     let original = std::fs::read(&path).unwrap();
-    fuzz(file, inputs(original.clone()), |b| {
+    let original_manifest = manifest.map(|m| std::fs::read(folder.join(m)).unwrap());
+    let target = match manifest {
+        Some(_) => format!("{file} (checksum updated)"),
+        None => file.to_string(),
+    };
+    fuzz(&target, inputs(original.clone()), |b| {
         std::fs::write(&path, b).unwrap();
+        if let Some(m) = manifest {
+            record_checksum(&folder.join(m), file, b);
+        }
         named(open(folder), file)
     });
     std::fs::write(&path, original).unwrap();
+    if let (Some(m), Some(bytes)) = (manifest, original_manifest) {
+        std::fs::write(folder.join(m), bytes).unwrap();
+    }
+}
+
+fn record_checksum(manifest: &Path, file: &str, bytes: &[u8]) {
+    use md5::{Digest, Md5};
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    let md5: String = Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for entry in value["files"].as_array_mut().unwrap() {
+        if entry["name"] == file {
+            entry["md5"] = md5.clone().into();
+            entry["bytes"] = bytes.len().into();
+        }
+    }
+    std::fs::write(manifest, serde_json::to_vec(&value).unwrap()).unwrap();
 }
 
 #[test]
@@ -306,15 +341,17 @@ fn dataset_folders_never_panic_and_name_the_corrupt_file() {
         }
         Ok(())
     };
+    fuzz_folder_file(&folder, "manifest.json", None, &open);
     for file in [
-        "manifest.json",
         "schema.json",
         "vocabularies.json",
         "users.parquet",
         "items.parquet",
         "train.parquet",
     ] {
-        fuzz_folder_file(&folder, file, &open);
+        fuzz_folder_file(&folder, file, Some("manifest.json"), &open);
+        // Without the manifest's consent, any change is a checksum error naming the file.
+        fuzz_folder_file(&folder, file, None, &open);
     }
 }
 
@@ -354,7 +391,7 @@ fn checkpoints_and_embedding_files_never_panic_and_name_the_file() {
             .map_err(|e| e.to_string())
     };
     for file in ["model.json", "model.safetensors"] {
-        fuzz_folder_file(&checkpoint, file, &load);
+        fuzz_folder_file(&checkpoint, file, None, &load);
     }
 
     let matrix = dssm_retrieval::EmbeddingMatrix::new(vec![3, 5, 9], 2, vec![0.5; 6]).unwrap();
@@ -365,5 +402,5 @@ fn checkpoints_and_embedding_files_never_panic_and_name_the_file() {
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    fuzz_folder_file(dir.path(), "items.parquet", &read);
+    fuzz_folder_file(dir.path(), "items.parquet", None, &read);
 }

@@ -109,7 +109,16 @@ fn fuzz(rest: &[String]) -> Result<()> {
         _ => bail!("usage: cargo xtask fuzz [--cases N]"),
     };
     let status = cargo()
-        .args(["test", "--release", "-p", "dssm-e2e", "--test", "fuzz", "--", "--nocapture"])
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "dssm-e2e",
+            "--test",
+            "fuzz",
+            "--",
+            "--nocapture",
+        ])
         .env("DSSM_FUZZ_CASES", &cases)
         .status()
         .context("cannot run cargo")?;

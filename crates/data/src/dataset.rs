@@ -36,6 +36,16 @@ pub mod files {
     pub const USERS: &str = "users.parquet";
     /// One row per item.
     pub const ITEMS: &str = "items.parquet";
+    /// The files whose size and md5 the manifest records and [`super::Dataset`] verifies.
+    pub const CHECKED: [&str; 7] = [
+        SCHEMA,
+        VOCABULARIES,
+        USERS,
+        ITEMS,
+        "train.parquet",
+        "val.parquet",
+        "test.parquet",
+    ];
 }
 
 /// Rows (or positives) per split.
@@ -78,6 +88,9 @@ impl SplitCounts {
 pub struct Manifest {
     /// Layout version of the dataset folder (2).
     pub format_version: u32,
+    /// Size and md5 of every other file of the folder ([`files::CHECKED`]), verified when read.
+    #[serde(default)]
+    pub files: Vec<SourceFile>,
     /// The dataset's name: `ml-1m`, `ml-100k`, `synthetic` or a spec's `name`.
     pub dataset: String,
     /// Split protocol.
@@ -345,6 +358,14 @@ impl Dataset {
     /// ```
     pub fn open(dir: &Path) -> Result<Self, DataError> {
         let manifest: Manifest = read_json(&dir.join(files::MANIFEST))?;
+        for file in [
+            files::SCHEMA,
+            files::VOCABULARIES,
+            files::USERS,
+            files::ITEMS,
+        ] {
+            verify(dir, &manifest, file)?;
+        }
         let schema: Schema = read_json(&dir.join(files::SCHEMA))?;
         let vocabularies = Vocabularies::load(&dir.join(files::VOCABULARIES))?;
         let users = read_users(&dir.join(files::USERS), &schema)?;
@@ -361,8 +382,31 @@ impl Dataset {
 
     /// Reads one split.
     pub fn interactions(&self, split: Split) -> Result<Interactions, DataError> {
-        read_interactions(&self.dir.join(format!("{}.parquet", split.name())))
+        let name = format!("{}.parquet", split.name());
+        verify(&self.dir, &self.manifest, &name)?;
+        read_interactions(&self.dir.join(name))
     }
+}
+
+/// Checks a file's size and md5 against the manifest (folders written before the manifest
+/// recorded them are not checked).
+fn verify(dir: &Path, manifest: &Manifest, name: &str) -> Result<(), DataError> {
+    let Some(expected) = manifest.files.iter().find(|f| f.name == name) else {
+        return Ok(());
+    };
+    let path = dir.join(name);
+    let actual = crate::source::file_source(&path, name.to_string())?;
+    if actual.bytes != expected.bytes || actual.md5 != expected.md5 {
+        return Err(DataError::ChangedFile {
+            path,
+            manifest: dir.join(files::MANIFEST),
+            expected_bytes: expected.bytes,
+            expected_md5: expected.md5.clone(),
+            actual_bytes: actual.bytes,
+            actual_md5: actual.md5,
+        });
+    }
+    Ok(())
 }
 
 // ---- Writing ----

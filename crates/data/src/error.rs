@@ -58,6 +58,26 @@ pub enum DataError {
         /// Actual md5, lowercase hex.
         actual_md5: String,
     },
+    /// A file of a dataset folder no longer has the size and md5 its manifest recorded.
+    #[error(
+        "{}: size or md5 differs from {} ({expected_bytes} bytes, md5 {expected_md5}; found {actual_bytes} bytes, md5 {actual_md5}): the file or the manifest changed after the dataset was written; prepare it again",
+        path.display(),
+        manifest.display()
+    )]
+    ChangedFile {
+        /// The file checked.
+        path: PathBuf,
+        /// The manifest that recorded it.
+        manifest: PathBuf,
+        /// Recorded size in bytes.
+        expected_bytes: u64,
+        /// Recorded md5, lowercase hex.
+        expected_md5: String,
+        /// Actual size in bytes.
+        actual_bytes: u64,
+        /// Actual md5, lowercase hex.
+        actual_md5: String,
+    },
     /// The download failed (offline, timeout, HTTP error).
     #[error(
         "could not download {url}: {message}; download it by hand and place it at {}, or use `--dataset synthetic`",

@@ -447,10 +447,11 @@ fn spec_inputs(spec: &DatasetSpec, progress: &dyn Fn(PrepareStage)) -> Result<In
     );
     let users = side_or_discovered(spec, Side::User, users, user_keys, &mut log.user_row);
     let items = side_or_discovered(spec, Side::Item, items, item_keys, &mut log.item_row);
-    let mut sources = vec![file_source(&spec.interactions.path)?];
+    let named = |path: &Path| source::file_source(path, path.display().to_string());
+    let mut sources = vec![named(&spec.interactions.path)?];
     for side in [&spec.users, &spec.items] {
         if let Some(path) = &side.path {
-            sources.push(file_source(path)?);
+            sources.push(named(path)?);
         }
     }
     Ok(Inputs {
@@ -488,30 +489,6 @@ fn side_or_discovered(
     let table =
         table::keys_only_table(spec.interactions.path.clone(), spec.key_column(side), &keys);
     SideInput { keys, table }
-}
-
-/// Name, md5 and size of a file, read in blocks.
-fn file_source(path: &Path) -> Result<SourceFile, DataError> {
-    use md5::{Digest, Md5};
-    use std::io::Read;
-    let mut file = fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut hasher = Md5::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = file.read(&mut buffer).map_err(|e| DataError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        bytes += n as u64;
-    }
-    let digest = hasher.finalize();
-    Ok(SourceFile {
-        name: path.display().to_string(),
-        md5: digest.iter().map(|b| format!("{b:02x}")).collect(),
-        bytes,
-    })
 }
 
 fn split_rule(spec: &DatasetSpec) -> SplitRule {
@@ -759,8 +736,13 @@ fn build(
     } else {
         positives.total() as f64 / rows.total() as f64
     };
+    let files = files::CHECKED
+        .iter()
+        .map(|name| source::file_source(&tmp.path().join(name), name.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
     let manifest = Manifest {
         format_version: 2,
+        files,
         dataset: spec.name.clone(),
         protocol: rule.protocol(),
         seed: match rule {
@@ -1136,6 +1118,38 @@ mod tests {
         assert!(message.contains("movie id"), "{message}");
         assert!(!out.exists());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_file_changed_after_preparing_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ds");
+        let request = PrepareRequest::new(Source::Synthetic(small()), DatasetKind::Synthetic, &out);
+        prepare(&request, &|_| {}).unwrap();
+        let ds = Dataset::open(&out).unwrap();
+        assert_eq!(ds.manifest.files.len(), files::CHECKED.len());
+        // Same size, one byte different: only the md5 can tell.
+        let path = out.join("val.parquet");
+        let mut bytes = fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        assert!(ds.interactions(Split::Train).is_ok());
+        let err = ds.interactions(Split::Val).unwrap_err();
+        assert!(matches!(err, DataError::ChangedFile { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("val.parquet: size or md5 differs from"),
+            "{message}"
+        );
+        assert!(message.contains("manifest.json"), "{message}");
+        // A table read by open() is checked by open().
+        fs::write(out.join("vocabularies.json"), "{}").unwrap();
+        let err = Dataset::open(&out).unwrap_err().to_string();
+        assert!(
+            err.contains("vocabularies.json: size or md5 differs"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -67,6 +67,28 @@ fn source_file(f: &NamedBytes) -> SourceFile {
     }
 }
 
+/// `name`, md5 and size of a file, read in 1 MiB blocks.
+pub(crate) fn file_source(path: &Path, name: String) -> Result<SourceFile, DataError> {
+    let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut hasher = Md5::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| DataError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        bytes += n as u64;
+    }
+    let digest = hasher.finalize();
+    Ok(SourceFile {
+        name,
+        md5: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        bytes,
+    })
+}
+
 /// Parses the three files of `kind` (users, movies, ratings in that order) held in memory.
 pub fn parse_files(kind: DatasetKind, files: [NamedBytes; 3]) -> Result<RawData, DataError> {
     let [users_file, movies_file, ratings_file] = &files;
