@@ -516,7 +516,9 @@ mod tests {
                 let quadratic = (w.as_tensor().sqr().unwrap() * &c).unwrap().sum_all();
                 let linear = (w.as_tensor() * &d).unwrap().sum_all().unwrap();
                 let loss = ((quadratic.unwrap() * (t + 1) as f64).unwrap() + linear).unwrap();
-                optimizer.step(&loss.backward().unwrap(), config.lr).unwrap();
+                optimizer
+                    .step(&loss.backward().unwrap(), config.lr)
+                    .unwrap();
             }
             let values = w.as_tensor().to_vec1::<f32>().unwrap();
             values.into_iter().map(f64::from).collect()
@@ -548,7 +550,10 @@ mod tests {
                 weight_decay: 0.0,
                 ..config.clone()
             };
-            assert!(far(&expected, &reference(&without_decay, &w0, &grad, 4)), "{kind:?}");
+            assert!(
+                far(&expected, &reference(&without_decay, &w0, &grad, 4)),
+                "{kind:?}"
+            );
             let other = match kind {
                 OptimizerKind::Sgd => OptimizerConfig {
                     momentum: 0.0,
@@ -560,13 +565,19 @@ mod tests {
                     ..config.clone()
                 },
             };
-            assert!(far(&expected, &reference(&other, &w0, &grad, 4)), "{kind:?}");
+            assert!(
+                far(&expected, &reference(&other, &w0, &grad, 4)),
+                "{kind:?}"
+            );
             if matches!(kind, OptimizerKind::Adam | OptimizerKind::Adamw) {
                 let beta2 = OptimizerConfig {
                     beta2: 0.999,
                     ..config.clone()
                 };
-                assert!(far(&expected, &reference(&beta2, &w0, &grad, 4)), "{kind:?}");
+                assert!(
+                    far(&expected, &reference(&beta2, &w0, &grad, 4)),
+                    "{kind:?}"
+                );
             }
         }
     }

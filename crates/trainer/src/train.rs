@@ -1739,7 +1739,10 @@ dir = {out:?}
         let epochs = straight.epochs.len();
         assert_eq!(straight.epochs_trained, epochs);
         let cut = cut(&straight);
-        assert!(0 < cut && cut < epochs, "cut after {cut} of {epochs} epochs");
+        assert!(
+            0 < cut && cut < epochs,
+            "cut after {cut} of {epochs} epochs"
+        );
 
         let mut cut_config = config.clone();
         cut_config.output.dir = base.join("cut");
@@ -1887,13 +1890,20 @@ dir = {out:?}
             },
         );
         assert_eq!(resumed.epochs_trained, 1);
-        assert!(checkpoint_dir(&cut_dir, "last").join(layout::STATE).exists());
+        assert!(
+            checkpoint_dir(&cut_dir, "last")
+                .join(layout::STATE)
+                .exists()
+        );
 
         // Nothing to resume from: an error, not a fresh start, and nothing is written.
         let mut empty = config.clone();
         empty.output.dir = dir.path().join("never-trained");
         let err = resume(&empty).unwrap_err();
-        assert!(matches!(err, TrainError::NoCheckpointToResume { .. }), "{err}");
+        assert!(
+            matches!(err, TrainError::NoCheckpointToResume { .. }),
+            "{err}"
+        );
         assert!(!empty.output.dir.exists());
 
         // A checkpoint that cannot be read: an error naming it; the run folder is unchanged.
@@ -1955,7 +1965,11 @@ dir = {out:?}
             &config,
             |straight| {
                 let m = &straight.metrics;
-                assert!(m.stopped_early, "no early stop in {} epochs", m.epochs_completed);
+                assert!(
+                    m.stopped_early,
+                    "no early stop in {} epochs",
+                    m.epochs_completed
+                );
                 m.epochs_completed - 1
             },
             |_| {},
@@ -1965,7 +1979,8 @@ dir = {out:?}
         assert_eq!(m.best_epoch + 2, m.epochs_completed);
         assert!(m.epochs_completed < config.train.epochs);
         assert!(
-            m.checkpoint.starts_with(&format!("best@epoch{}:", m.best_epoch)),
+            m.checkpoint
+                .starts_with(&format!("best@epoch{}:", m.best_epoch)),
             "{}",
             m.checkpoint
         );
@@ -2204,7 +2219,6 @@ dir = {out:?}
         assert_eq!(train_rows as u64, dataset.manifest.rows.train);
         let err = evaluate_run(&straight_dir, Split::Test).unwrap_err();
         assert!(err.to_string().contains("leave-last-out"), "{err}");
-
     }
 
     #[test]
@@ -2326,8 +2340,15 @@ dir = {out:?}
             let test = report.metrics.test.unwrap();
             // The synthetic ratings follow planted user and item factors: a model that learnt
             // them ranks the test rows well above chance (AUC 0.5) and above popularity.
-            eprintln!("{loss}: test AUC {:.4}, popularity {popularity:.4}", test.auc);
-            assert!(test.auc > popularity + 0.02, "{loss}: test AUC {}", test.auc);
+            eprintln!(
+                "{loss}: test AUC {:.4}, popularity {popularity:.4}",
+                test.auc
+            );
+            assert!(
+                test.auc > popularity + 0.02,
+                "{loss}: test AUC {}",
+                test.auc
+            );
         }
         let mut config = small_config(&data, &dir.path().join("bad"));
         config.features.item = Some(vec!["movie_id".into(), "colour".into()]);
@@ -2393,7 +2414,10 @@ dir = {out:?}
             assert_eq!(batch[item], f64::from(count) / f64::from(total));
             assert_eq!(sampler[item], 1.0 / n);
             let expected = (256.0 * batch[item] + 64.0 / n).ln() as f32;
-            assert!((ln_q(item as u32) - expected).abs() < 1e-6, "item row {item}");
+            assert!(
+                (ln_q(item as u32) - expected).abs() < 1e-6,
+                "item row {item}"
+            );
         }
         let off = ItemQ {
             batch: None,
@@ -2462,6 +2486,9 @@ dir = {out:?}
         // The engines agree to ~1e-8 here; the correction moves the loss by ~1%.
         assert!(gap(fused_on, fused_off) > 1e-3, "{fused_on} vs {fused_off}");
         assert!(gap(fused_on, candle_on) < 1e-4, "{fused_on} vs {candle_on}");
-        assert!(gap(fused_off, candle_off) < 1e-4, "{fused_off} vs {candle_off}");
+        assert!(
+            gap(fused_off, candle_off) < 1e-4,
+            "{fused_off} vs {candle_off}"
+        );
     }
 }
