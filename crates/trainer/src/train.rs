@@ -2003,6 +2003,31 @@ dir = {out:?}
     }
 
     #[test]
+    fn the_test_split_is_read_only_after_the_last_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = synthetic_dataset(dir.path());
+        let test_file = data.join("test.parquet");
+        let aside = dir.path().join("test.parquet.aside");
+        std::fs::rename(&test_file, &aside).unwrap();
+        let mut config = small_config(&data, &dir.path().join("run"));
+        config.train.epochs = 2;
+        // Both epochs train, validate and checkpoint without test.parquet; only the final test
+        // read fails, naming it.
+        let err = train(&config, &TrainOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("test.parquet"), "{err}");
+        let run = &config.output.dir;
+        let jsonl = std::fs::read_to_string(run.join(layout::EPOCHS)).unwrap();
+        assert_eq!(jsonl.lines().count(), 2);
+        assert!(checkpoint_dir(run, "best").join(layout::STATE).exists());
+        // With the file back, resuming trains nothing and evaluates the best checkpoint once.
+        std::fs::rename(&aside, &test_file).unwrap();
+        let resumed = resume(&config).unwrap();
+        assert_eq!((resumed.epochs_trained, resumed.epochs.len()), (0, 2));
+        let test = resumed.metrics.test.expect("the test split is evaluated");
+        assert_eq!(evaluate_run(run, Split::Test).unwrap().metrics, test);
+    }
+
+    #[test]
     fn resume_restores_the_schedule_and_sgd_momentum_and_adagrad_state() {
         let dir = tempfile::tempdir().unwrap();
         let data = synthetic_dataset(dir.path());
