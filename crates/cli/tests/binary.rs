@@ -228,6 +228,45 @@ fn a_bad_ratings_line_is_named_and_leaves_no_folder_behind() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+#[cfg(unix)]
+#[test]
+fn a_failed_final_rename_leaves_no_temporary_folder() {
+    // `--out` is a dangling symlink: it does not "exist", so prepare-data parses, encodes and
+    // writes the whole dataset into its temporary sibling, and only the final rename (a folder
+    // onto a non-folder) fails. The temporary folder must go with the error.
+    let dir = tempfile::tempdir().unwrap();
+    let prepared = dir.path().join("prepared");
+    std::fs::create_dir(&prepared).unwrap();
+    let out = prepared.join("synthetic-seed");
+    std::os::unix::fs::symlink(prepared.join("nowhere"), &out).unwrap();
+    let output = dssm(
+        &[
+            "prepare-data",
+            "--dataset",
+            "synthetic",
+            "--users",
+            "50",
+            "--items",
+            "40",
+            "--ratings",
+            "1000",
+            "--out",
+            path(&out),
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let left: Vec<_> = std::fs::read_dir(&prepared)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("synthetic-seed")],
+        "left behind: {left:?}"
+    );
+}
+
 #[test]
 fn resume_without_a_checkpoint_exits_1_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
