@@ -1537,7 +1537,7 @@ dir = {run:?}
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A fresh folder under the system temp dir (the cli crate has no tempfile dev-dependency).
+    /// A fresh folder under the system temp dir, removed by the test that made it.
     fn tempfile_dir() -> PathBuf {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static NEXT: AtomicUsize = AtomicUsize::new(0);
