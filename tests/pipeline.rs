@@ -30,12 +30,14 @@ fn prepare_synthetic(dir: &Path) {
     .expect("prepare-data succeeds on synthetic data");
 }
 
-/// The quickstart config pointed at a scratch dataset and run folder.
+/// The quickstart config pointed at a scratch dataset and run folder, trained for 2 of its 8
+/// epochs: enough to beat popularity and to interrupt and resume.
 fn quickstart(dataset: &Path, run: &Path) -> RunConfig {
     let mut config = RunConfig::from_file(workspace_root().join("configs/quickstart.toml"))
         .expect("configs/quickstart.toml is valid");
     config.data.path = dataset.to_path_buf();
     config.output.dir = run.to_path_buf();
+    config.train.epochs = 2;
     config
 }
 
@@ -85,7 +87,8 @@ fn quickstart_beats_popularity_and_resume_reproduces_the_uninterrupted_run() {
         assert!(whole_dir.join(file).exists(), "{file} missing from the run");
     }
 
-    // The same run, interrupted after its first epoch and resumed, ends with the same figures.
+    // The same run, interrupted after its first epoch and resumed, trains only the second epoch
+    // and ends with the same figures.
     let split_dir = scratch.path().join("interrupted");
     let config = quickstart(&dataset, &split_dir);
     let interrupted = dssm_trainer::train(
@@ -105,6 +108,8 @@ fn quickstart_beats_popularity_and_resume_reproduces_the_uninterrupted_run() {
         },
     )
     .expect("the run resumes");
+    assert_eq!(resumed.epochs_trained, 1, "the resumed call restarted");
+    assert_eq!(resumed.epochs[0], interrupted.epochs[0]);
     assert_eq!(resumed.metrics.best_epoch, whole.metrics.best_epoch);
     assert_eq!(resumed.metrics.val, whole.metrics.val);
     assert_eq!(resumed.metrics.test, whole.metrics.test);

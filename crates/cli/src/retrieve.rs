@@ -328,6 +328,64 @@ pub fn evaluate(args: &EvaluateRetrievalArgs) -> Result<()> {
 
 /// Runs `recommend` and prints the top K.
 pub fn recommend(args: &RecommendArgs) -> Result<()> {
+    let Recommendations {
+        loaded,
+        who,
+        seen,
+        index_line,
+        candidate_count,
+        top,
+    } = recommendations(args)?;
+    let dataset = &loaded.dataset;
+    let config = loaded.model.config();
+    println!("run          {}", loaded.run_dir.display());
+    println!("user         {who}");
+    println!(
+        "index        {index_line}, {candidate_count} candidates (items in train){}",
+        if args.exclude_seen {
+            format!(", {} seen items hidden", seen.len())
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "score        {} of the tower outputs (the model's logit is this / temperature {})",
+        match config.similarity {
+            Similarity::Dot => "dot product",
+            Similarity::Cosine => "cosine similarity",
+        },
+        loaded.model.temperature()?
+    );
+    let rows: HashMap<u32, usize> = dataset
+        .items
+        .movie_id
+        .iter()
+        .enumerate()
+        .map(|(row, &id)| (id, row))
+        .collect();
+    print!(
+        "{}",
+        format_recommendations(&top, &dataset.items, |id| rows.get(&id).copied())
+    );
+    Ok(())
+}
+
+/// What `recommend` found, before it is printed.
+struct Recommendations {
+    loaded: LoadedRun,
+    /// The user, described.
+    who: String,
+    /// Item ids the user has interacted with (empty for a new user).
+    seen: Vec<u32>,
+    /// The index used, described.
+    index_line: String,
+    candidate_count: usize,
+    /// The top K, best first.
+    top: Vec<ScoredItem>,
+}
+
+/// The top K of `recommend`.
+fn recommendations(args: &RecommendArgs) -> Result<Recommendations> {
     if args.k == 0 {
         bail!("-k must be at least 1");
     }
@@ -418,36 +476,14 @@ pub fn recommend(args: &RecommendArgs) -> Result<()> {
         }
     };
 
-    println!("run          {}", loaded.run_dir.display());
-    println!("user         {who}");
-    println!(
-        "index        {index_line}, {candidate_count} candidates (items in train){}",
-        if args.exclude_seen {
-            format!(", {} seen items hidden", seen.len())
-        } else {
-            String::new()
-        }
-    );
-    println!(
-        "score        {} of the tower outputs (the model's logit is this / temperature {})",
-        match config.similarity {
-            Similarity::Dot => "dot product",
-            Similarity::Cosine => "cosine similarity",
-        },
-        loaded.model.temperature()?
-    );
-    let rows: HashMap<u32, usize> = dataset
-        .items
-        .movie_id
-        .iter()
-        .enumerate()
-        .map(|(row, &id)| (id, row))
-        .collect();
-    print!(
-        "{}",
-        format_recommendations(&top[0], &dataset.items, |id| rows.get(&id).copied())
-    );
-    Ok(())
+    Ok(Recommendations {
+        loaded,
+        who,
+        seen,
+        index_line,
+        candidate_count,
+        top: top.into_iter().next().unwrap_or_default(),
+    })
 }
 
 /// `name value, ...; ` of a row's display attributes (empty without any).
@@ -1488,27 +1524,70 @@ dir = {run:?}
         let items = dssm_retrieval::read_embeddings(&out.join(export_files::ITEMS)).unwrap();
         assert_eq!(items.matrix.len(), 120);
         assert_eq!(items.model_id, report.metrics.checkpoint);
-        for args in [
-            vec!["recommend", "--user", "3", "--exclude-seen"],
-            vec![
-                "recommend",
-                "--gender",
-                "F",
-                "--age",
-                "25",
-                "--occupation",
-                "4",
-            ],
-            vec!["recommend", "--user", "3", "--index", "hnsw"],
-        ] {
-            let run_arg = run.to_string_lossy().into_owned();
-            let mut full: Vec<&str> = args;
-            full.extend(["--run", &run_arg]);
+        // `recommend`, parsed from its command line; the top K's movie ids.
+        let run_arg = run.to_string_lossy().into_owned();
+        let top = |args: &[&str]| -> Vec<u32> {
+            let mut full = vec!["recommend", "--run", &run_arg];
+            full.extend(args);
             let Ok(crate::Command::Recommend(args)) = parse(&full) else {
                 panic!("{full:?} parses as recommend");
             };
             recommend(&args).unwrap();
+            let found = recommendations(&args).unwrap();
+            assert!(found.top.windows(2).all(|w| w[0].score >= w[1].score));
+            found.top.iter().map(|s| s.id).collect()
+        };
+        let dataset = Dataset::open(&data).unwrap();
+        let candidates: Vec<u32> = (0..dataset.items.movie_id.len())
+            .filter(|&row| dataset.items.train_count[row] > 0)
+            .map(|row| dataset.items.movie_id[row])
+            .collect();
+        // User 3's movies in every split, read here by user id.
+        let mut rated = Vec::new();
+        for split in Split::ALL {
+            let rows = dataset.interactions(split).unwrap();
+            for (&user, &movie) in rows.user_id.iter().zip(&rows.movie_id) {
+                if user == 3 {
+                    rated.push(movie);
+                }
+            }
         }
+        let rated_candidates = candidates.iter().filter(|id| rated.contains(id)).count();
+        assert!(rated_candidates > 0);
+        // Every candidate asked for: with --exclude-seen exactly the unrated ones come back;
+        // without it, the rated ones are there too.
+        let all = candidates.len().to_string();
+        let unseen = top(&["--user", "3", "--exclude-seen", "-k", &all]);
+        assert_eq!(unseen.len(), candidates.len() - rated_candidates);
+        assert!(unseen.iter().all(|id| !rated.contains(id)), "{unseen:?}");
+        let everything = top(&["--user", "3", "-k", &all]);
+        assert_eq!(everything.len(), candidates.len());
+        let hidden: Vec<u32> = everything
+            .iter()
+            .copied()
+            .filter(|id| !unseen.contains(id))
+            .collect();
+        assert_eq!(hidden.len(), rated_candidates);
+        assert!(hidden.iter().all(|id| rated.contains(id)));
+        // HNSW against exact search, with and without the exclusions: the same top 10 up to
+        // its recall (a graph over 120 items finds nearly all).
+        for extra in [&[][..], &["--exclude-seen"][..]] {
+            let args = |index: &'static str| {
+                let mut args = vec!["--user", "3", "--index", index];
+                args.extend(extra);
+                args
+            };
+            let (exact, hnsw) = (top(&args("exact")), top(&args("hnsw")));
+            assert_eq!((exact.len(), hnsw.len()), (10, 10));
+            let overlap = hnsw.iter().filter(|id| exact.contains(id)).count();
+            assert!(overlap >= 9, "{extra:?}: HNSW {hnsw:?} vs exact {exact:?}");
+        }
+        // A new user described by features: ten distinct candidates.
+        let new_user = top(&["--gender", "F", "--age", "25", "--occupation", "4"]);
+        assert_eq!(new_user.len(), 10);
+        assert!(new_user.iter().all(|id| candidates.contains(id)));
+        let distinct: std::collections::HashSet<_> = new_user.iter().collect();
+        assert_eq!(distinct.len(), 10);
         let error = recommend(&RecommendArgs {
             run: run.clone(),
             user: Some("99999".into()),
@@ -1529,7 +1608,7 @@ dir = {run:?}
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A fresh folder under the system temp dir (the cli crate has no tempfile dev-dependency).
+    /// A fresh folder under the system temp dir, removed by the test that made it.
     fn tempfile_dir() -> PathBuf {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static NEXT: AtomicUsize = AtomicUsize::new(0);

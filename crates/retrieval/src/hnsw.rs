@@ -473,7 +473,9 @@ mod tests {
     #[test]
     fn hnsw_recall_save_load_and_exclusions() {
         let mut rng = StdRng::seed_from_u64(11);
-        let (n, dim, queries) = (20_000, 32, 200);
+        // 4,000 items: a graph of several layers (M 16), far more items than ef_search + the
+        // exclusions, so the search is approximate.
+        let (n, dim, queries) = (4_000, 32, 200);
         let items = EmbeddingMatrix::new(
             (0..n as u32).map(|i| i * 2 + 1).collect(),
             dim,
@@ -527,6 +529,17 @@ mod tests {
             assert_eq!(row.len(), 10);
             assert!(row.iter().all(|s| !ex.contains(&s.id)));
         }
+        // ... and what remains is the exact masked search's answer, up to the graph's recall.
+        let exact_masked = exact.top_k(view, 10, Some(&exclusions)).unwrap();
+        for (row, t) in exact_masked.iter().zip(&truth) {
+            assert_eq!(
+                row[..5],
+                t[5..10],
+                "exact: the excluded top 5 make room for the next 5"
+            );
+        }
+        let r = crate::recall_at_k(&masked, &exact_masked, 10);
+        assert!(r > 0.95, "masked recall@10 = {r}");
 
         // k beyond the catalogue: the whole non-excluded catalogue, exactly sorted.
         let small =

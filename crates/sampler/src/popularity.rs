@@ -461,8 +461,7 @@ mod tests {
         for &item in &positive_items {
             assert_eq!(observed[item as usize], 0);
         }
-        // 33 cells, 32 degrees of freedom, p = 0.001: 62.487.
-        assert_eq!(CRITICAL_P001[32], 62.487);
+        // 33 cells, 32 degrees of freedom, p = 0.001.
         let statistic = chi_square(&observed, &expected);
         assert!(statistic < CRITICAL_P001[32], "chi-square {statistic}");
     }

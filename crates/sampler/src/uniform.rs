@@ -160,7 +160,6 @@ mod tests {
         }
         let expected: Vec<f64> = (0..50).map(|i| sampler.probability(i)).collect();
         let statistic = chi_square(&counts, &expected);
-        assert_eq!(CRITICAL_P001[49], 85.351);
         assert!(statistic < CRITICAL_P001[49], "chi-square {statistic}");
     }
 
@@ -184,14 +183,13 @@ mod tests {
                 .unwrap();
             counts[item as usize] += 1;
         }
-        for item in 0..10u32 {
-            if positives.contains(item) {
-                assert_eq!(counts[item as usize], 0);
-            } else {
-                // 5 items left, 10,000 expected each.
-                assert!(counts[item as usize].abs_diff(10_000) < 500);
-            }
-        }
+        // Uniform over the 5 items left: chi-square with 4 degrees of freedom (a positive drawn
+        // makes it infinite).
+        let expected: Vec<f64> = (0..10u32)
+            .map(|i| if positives.contains(i) { 0.0 } else { 0.2 })
+            .collect();
+        let statistic = chi_square(&counts, &expected);
+        assert!(statistic < CRITICAL_P001[4], "chi-square {statistic}");
     }
 
     #[test]

@@ -72,6 +72,23 @@ pub enum TrainError {
         /// What is missing or wrong.
         message: String,
     },
+    /// A resume was asked for, but the run folder holds no checkpoint to continue from
+    /// (neither `checkpoints/last` nor the `.old-last` copy an interrupted rename leaves).
+    #[error(
+        "cannot resume the run in {path}: it has no checkpoints/last to continue from; train without resume (or overwrite) to start afresh"
+    )]
+    NoCheckpointToResume {
+        /// The run folder.
+        path: PathBuf,
+    },
+    /// The checkpoint a resume would continue from is incomplete or cannot be read.
+    #[error("cannot resume from {path}: {message}")]
+    CorruptCheckpoint {
+        /// The checkpoint folder.
+        path: PathBuf,
+        /// What is missing or unreadable.
+        message: String,
+    },
     /// The full-catalogue (`leave-last-out`) evaluation failed.
     #[error("retrieval evaluation: {message}")]
     Retrieval {

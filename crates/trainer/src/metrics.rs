@@ -6,7 +6,7 @@
 //! let scores = [0.9, 0.4, 0.6, 0.1];
 //! let labels = [1, 1, 0, 0];
 //! assert_eq!(auc(&scores, &labels), Some(0.75));
-//! assert!(log_loss(&[0.5, 0.5], &[1, 0]) - std::f64::consts::LN_2 < 1e-12);
+//! assert!((log_loss(&[0.5, 0.5], &[1, 0]) - std::f64::consts::LN_2).abs() < 1e-12);
 //! ```
 
 use serde::{Deserialize, Serialize};

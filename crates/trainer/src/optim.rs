@@ -451,34 +451,135 @@ mod tests {
         assert_close(&w, &[0.9, 1.1]);
     }
 
-    #[test]
-    fn adam_second_step_hand_computed() {
-        // g constant 0.5: m2 = 0.5 (1 - 0.81) ... m_hat = 0.5, v_hat = 0.25: step again 0.1.
-        let config = OptimizerConfig {
-            kind: OptimizerKind::Adam,
-            lr: 0.1,
-            ..Default::default()
-        };
-        let w = one_step(&config, &[1.0], &[0.5], 2);
-        assert_close(&w, &[0.8]);
+    /// The textbook update, in f64, of `w0` under gradients `grad(w, step)`: Adam with the L2
+    /// term added to the gradient, AdamW with the decay decoupled, SGD with momentum and Adagrad
+    /// with the L2 term added to the gradient (PyTorch's definitions).
+    fn reference(
+        config: &OptimizerConfig,
+        w0: &[f64],
+        grad: &dyn Fn(&[f64], usize) -> Vec<f64>,
+        steps: usize,
+    ) -> Vec<f64> {
+        let (lr, wd) = (config.lr, config.weight_decay);
+        let mut w = w0.to_vec();
+        let mut first = vec![0.0; w.len()];
+        let mut second = vec![0.0; w.len()];
+        for step in 0..steps {
+            let g = grad(&w, step);
+            let t = (step + 1) as i32;
+            for i in 0..w.len() {
+                let mut gi = g[i];
+                match config.kind {
+                    OptimizerKind::Adamw => w[i] -= lr * wd * w[i],
+                    _ => gi += wd * w[i],
+                }
+                match config.kind {
+                    OptimizerKind::Adam | OptimizerKind::Adamw => {
+                        first[i] = config.beta1 * first[i] + (1.0 - config.beta1) * gi;
+                        second[i] = config.beta2 * second[i] + (1.0 - config.beta2) * gi * gi;
+                        let m_hat = first[i] / (1.0 - config.beta1.powi(t));
+                        let v_hat = second[i] / (1.0 - config.beta2.powi(t));
+                        w[i] -= lr * m_hat / (v_hat.sqrt() + config.eps);
+                    }
+                    OptimizerKind::Sgd => {
+                        first[i] = config.momentum * first[i] + gi;
+                        w[i] -= lr * first[i];
+                    }
+                    OptimizerKind::Adagrad => {
+                        first[i] += gi * gi;
+                        w[i] -= lr * gi / (first[i].sqrt() + config.eps);
+                    }
+                }
+            }
+        }
+        w
     }
 
     #[test]
-    fn adam_l2_and_adamw_decoupled_decay() {
-        // Adam: g' = 0.5 + 0.1 * 1 = 0.6 > 0, step is still lr * sign = 0.1.
-        let adam = OptimizerConfig {
-            kind: OptimizerKind::Adam,
-            lr: 0.1,
-            weight_decay: 0.1,
-            ..Default::default()
+    fn every_kind_follows_the_reference_under_changing_gradients() {
+        // loss_t = (t + 1) sum(c w^2) + sum(d w): the gradient 2 (t + 1) c w + d changes with the
+        // weights and the step, so the moments' betas, the momentum and the L2 term all show in
+        // the weights after 4 steps (a constant gradient hides betas: m_hat = g whatever beta1).
+        let (c, d) = ([0.5f64, 2.0, 1.0], [0.3f64, -0.4, 0.0]);
+        let grad = |w: &[f64], t: usize| -> Vec<f64> {
+            (0..3)
+                .map(|i| 2.0 * (t + 1) as f64 * c[i] * w[i] + d[i])
+                .collect()
         };
-        assert_close(&one_step(&adam, &[1.0], &[0.5], 1), &[0.9]);
-        // AdamW: theta = 1 - 0.1 * 0.1 * 1 = 0.99, then minus 0.1.
-        let adamw = OptimizerConfig {
-            kind: OptimizerKind::Adamw,
-            ..adam
+        let w0 = [1.0f64, -0.5, 2.0];
+        let ours = |config: &OptimizerConfig| -> Vec<f64> {
+            let w = Var::new(&w0.map(|x| x as f32), &Device::Cpu).unwrap();
+            let mut optimizer = Optimizer::new(config, vec![("w".to_string(), w.clone())]);
+            let c = Tensor::new(&c.map(|x| x as f32), &Device::Cpu).unwrap();
+            let d = Tensor::new(&d.map(|x| x as f32), &Device::Cpu).unwrap();
+            for t in 0..4 {
+                let quadratic = (w.as_tensor().sqr().unwrap() * &c).unwrap().sum_all();
+                let linear = (w.as_tensor() * &d).unwrap().sum_all().unwrap();
+                let loss = ((quadratic.unwrap() * (t + 1) as f64).unwrap() + linear).unwrap();
+                optimizer
+                    .step(&loss.backward().unwrap(), config.lr)
+                    .unwrap();
+            }
+            let values = w.as_tensor().to_vec1::<f32>().unwrap();
+            values.into_iter().map(f64::from).collect()
         };
-        assert_close(&one_step(&adamw, &[1.0], &[0.5], 1), &[0.89]);
+        // Ten times the tolerance of the comparison (f32 against f64).
+        let far = |a: &[f64], b: &[f64]| a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-4);
+        for kind in [
+            OptimizerKind::Adam,
+            OptimizerKind::Adamw,
+            OptimizerKind::Sgd,
+            OptimizerKind::Adagrad,
+        ] {
+            let config = OptimizerConfig {
+                kind,
+                lr: 0.05,
+                weight_decay: 0.2,
+                momentum: 0.8,
+                beta1: 0.7,
+                beta2: 0.9,
+                ..Default::default()
+            };
+            let expected = reference(&config, &w0, &grad, 4);
+            let got = ours(&config);
+            for (x, y) in got.iter().zip(&expected) {
+                assert!((x - y).abs() < 1e-5, "{kind:?}: {got:?} vs {expected:?}");
+            }
+            // The comparison sees each setting: without it the reference lands elsewhere.
+            let without_decay = OptimizerConfig {
+                weight_decay: 0.0,
+                ..config.clone()
+            };
+            assert!(
+                far(&expected, &reference(&without_decay, &w0, &grad, 4)),
+                "{kind:?}"
+            );
+            let other = match kind {
+                OptimizerKind::Sgd => OptimizerConfig {
+                    momentum: 0.0,
+                    ..config.clone()
+                },
+                OptimizerKind::Adagrad => continue,
+                _ => OptimizerConfig {
+                    beta1: 0.9,
+                    ..config.clone()
+                },
+            };
+            assert!(
+                far(&expected, &reference(&other, &w0, &grad, 4)),
+                "{kind:?}"
+            );
+            if matches!(kind, OptimizerKind::Adam | OptimizerKind::Adamw) {
+                let beta2 = OptimizerConfig {
+                    beta2: 0.999,
+                    ..config.clone()
+                };
+                assert!(
+                    far(&expected, &reference(&beta2, &w0, &grad, 4)),
+                    "{kind:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -122,8 +122,11 @@ pub struct TrainReport {
     pub run_dir: PathBuf,
     /// The final record, as written to `metrics.json`.
     pub metrics: FinalMetrics,
-    /// Every epoch's record, as in `metrics.jsonl`.
+    /// Every epoch's record, as in `metrics.jsonl` (after a resume, the earlier calls' too).
     pub epochs: Vec<EpochRecord>,
+    /// Epochs trained by this call: `epochs.len()` for a fresh run, only the remaining ones for
+    /// a resumed run.
+    pub epochs_trained: usize,
 }
 
 /// What [`crate::evaluate_run`] returns.
