@@ -95,6 +95,9 @@ fn unknown_items_are_refused_or_dropped_and_counted() {
     assert_eq!(ds.users.key.len(), 30);
     assert_eq!(&ds.users.key[..3], ["u0", "u1", "u10"]);
     assert_eq!(ds.users.user_id[..3], [1, 2, 3]);
+    // Text keys too: rows ascend with ids, so "lower row" and "lower id" are one tie rule.
+    assert!(ds.items.movie_id.windows(2).all(|w| w[0] < w[1]));
+    assert!(ds.users.user_id.windows(2).all(|w| w[0] < w[1]));
     // The label column decides positives: half the rows.
     assert_eq!(
         ds.schema.label,
