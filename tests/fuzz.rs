@@ -395,12 +395,12 @@ fn checkpoints_and_embedding_files_never_panic_and_name_the_file() {
     }
 
     let matrix = dssm_retrieval::EmbeddingMatrix::new(vec![3, 5, 9], 2, vec![0.5; 6]).unwrap();
-    let path = dir.path().join("items.parquet");
+    let path = dir.path().join("item_embeddings.parquet");
     dssm_retrieval::write_embeddings(&path, &matrix, "m1").unwrap();
     let read = |dir: &Path| {
-        dssm_retrieval::read_embeddings(&dir.join("items.parquet"))
+        dssm_retrieval::read_embeddings(&dir.join("item_embeddings.parquet"))
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    fuzz_folder_file(dir.path(), "items.parquet", None, &read);
+    fuzz_folder_file(dir.path(), "item_embeddings.parquet", None, &read);
 }
