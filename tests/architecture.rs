@@ -59,3 +59,81 @@ fn data_model_and_retrieval_stand_alone() {
 fn the_trainer_is_a_library_without_the_cli() {
     assert_none_of("trainer", &["dssm-cli", "anyhow", "clap"]);
 }
+
+/// The `use` lines of a trainer module (`crates/trainer/src/<module>`), one path each.
+fn trainer_imports(module: &str) -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/trainer/src")
+        .join(module);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut imports = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if current.is_empty() && !line.starts_with("use ") {
+            continue;
+        }
+        current.push_str(line);
+        if line.ends_with(';') {
+            imports.push(std::mem::take(&mut current));
+        }
+    }
+    imports
+}
+
+/// Fails when a `use` of `module` names any of `forbidden`.
+fn assert_trainer_module_uses_none_of(module: &str, forbidden: &[&str]) {
+    for import in trainer_imports(module) {
+        for name in forbidden {
+            assert!(
+                !import.contains(name),
+                "crates/trainer/src/{module} must not use {name}: `{import}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_learner_knows_no_protocol_and_tasks_know_no_run_folder() {
+    // The learner drives a task; batches, losses, inputs and evaluation are the tasks'.
+    let protocol_specific = [
+        "crate::inputs",
+        "crate::batches",
+        "crate::retrieval",
+        "crate::history",
+        "crate::metrics",
+        "crate::task::pointwise",
+        "crate::task::retrieval",
+        "dssm_retrieval",
+        "dssm_data",
+        "Protocol",
+        "LossKind",
+    ];
+    assert_trainer_module_uses_none_of("learner.rs", &protocol_specific);
+    assert!(
+        trainer_imports("learner.rs")
+            .iter()
+            .any(|i| i.contains("crate::task::{Batches, Task")),
+        "the learner is written against the task trait"
+    );
+    // Tasks neither write files nor step the optimizer.
+    for task in [
+        "task/mod.rs",
+        "task/pointwise.rs",
+        "task/retrieval.rs",
+        "step.rs",
+        "batches.rs",
+    ] {
+        assert_trainer_module_uses_none_of(
+            task,
+            &[
+                "crate::run_folder",
+                "crate::optim",
+                "crate::learner",
+                "crate::policy",
+            ],
+        );
+    }
+    // Checkpoint decisions are values: the policy does no IO and knows no run folder.
+    assert_trainer_module_uses_none_of("policy.rs", &["std::fs", "std::io", "crate::"]);
+}

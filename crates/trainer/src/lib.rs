@@ -67,23 +67,36 @@
 //! ```
 #![deny(missing_docs)]
 
+mod batches;
 pub mod config;
 mod error;
 mod fused;
 mod history;
+mod inputs;
+mod learner;
+mod logq;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
 mod plot;
 pub mod policy;
+mod provenance;
 pub mod report;
 mod retrieval;
+mod run;
+mod run_folder;
+mod seeds;
+mod step;
 mod tables;
+mod task;
 mod train;
 
 pub use config::{ConfigError, RunConfig};
 pub use dssm_data::Split;
 pub use error::TrainError;
 pub use plot::training_svg;
+pub use provenance::checksum;
 pub use report::{EpochRecord, EvalReport, FinalMetrics, RetrievalMetrics, TrainReport};
-pub use train::{LoadedRun, TrainOptions, checksum, evaluate_run, layout, load_run, train};
+pub use run::{LoadedRun, evaluate_run, load_run};
+pub use run_folder::layout;
+pub use train::{TrainOptions, train};
