@@ -7,6 +7,14 @@
 //! *Invariant:* the test split is read once, at the end of [`train`], with the best-validation
 //! checkpoint reloaded from disk.
 //!
+//! # How a run is put together
+//! [`train`] builds the run's inputs, the task of its protocol (the pointwise task of `seed`, the
+//! retrieval task of `leave-last-out` and `time`) and a learner. The learner owns the loop (epochs,
+//! schedule, optimizer steps, validation, early stopping, resume, metrics files) and drives the
+//! task, which builds each epoch's batches from (seed, epoch), computes a batch's loss, validates
+//! and writes the test figures. Checkpoint decisions are values ([`policy::CheckpointAction`],
+//! decided by [`policy::after_epoch`]) that the run folder carries out.
+//!
 //! # The `seed` protocol recipe
 //! Each epoch trains on the rated train rows (label = rating > 3) plus
 //! `sampler.negatives_per_positive` sampled negatives per positive train row: items drawn by
