@@ -239,6 +239,76 @@ pub struct ModelConfig {
     pub similarity: Similarity,
     /// Default `Fixed(1.0)`.
     pub temperature: Temperature,
+    /// A self-attention user tower over the user's recent items; default none.
+    pub sequence: Option<SequenceConfig>,
+}
+
+/// What the tokens of the sequence tower are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SequenceItems {
+    /// The item tower's embedding of the id feature, projected linearly to the model width.
+    Id,
+    /// The item tower's whole output (id, genres, year ...) for each item.
+    Tower,
+}
+
+/// The sequence user tower (SASRec-style): learned positions, `blocks` pre-norm causal
+/// self-attention blocks (multi-head attention and a feed-forward layer, each with a residual and
+/// dropout), a final layer norm; its width is the towers' output width. The query at a position
+/// is the block output there, plus the user tower's output when `user_features`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceConfig {
+    /// Items per sequence, the newest last.
+    pub max_len: usize,
+    /// Attention blocks.
+    pub blocks: usize,
+    /// Heads per attention; must divide the width.
+    pub heads: usize,
+    /// Dropout after the embeddings and on each residual branch, `[0, 1)`.
+    pub dropout: f32,
+    /// The tokens.
+    pub items: SequenceItems,
+    /// The item feature whose embedding is the token when `items` is `Id`.
+    pub id_feature: String,
+    /// Add the user tower's output (the user's own features) to every position's output.
+    pub user_features: bool,
+    /// Width of the feed-forward layer, as a multiple of the model width.
+    pub ffn_multiple: usize,
+}
+
+impl SequenceConfig {
+    /// Checks the sequence settings against the model width `dim` and the item features.
+    pub fn check(&self, dim: usize, item_features: &[&str]) -> Result<(), ConfigError> {
+        let at = |k: &str| format!("sequence.{k}");
+        if self.max_len == 0 || self.blocks == 0 || self.ffn_multiple == 0 {
+            return Err(bad(at("max_len, blocks, ffn_multiple"), "must be > 0"));
+        }
+        if self.heads == 0 || !dim.is_multiple_of(self.heads) {
+            return Err(bad(
+                at("heads"),
+                format!("must divide the tower width {dim}, got {}", self.heads),
+            ));
+        }
+        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+            return Err(bad(
+                at("dropout"),
+                format!("must be in [0, 1), got {}", self.dropout),
+            ));
+        }
+        if self.items == SequenceItems::Id && !item_features.contains(&self.id_feature.as_str()) {
+            return Err(bad(
+                at("id_feature"),
+                format!(
+                    "`{}` is not an item feature ({})",
+                    self.id_feature,
+                    item_features.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ModelConfig {
@@ -251,6 +321,7 @@ impl Default for ModelConfig {
             senet: Some(SenetConfig::default()),
             similarity: Similarity::Dot,
             temperature: Temperature::Fixed(1.0),
+            sequence: None,
         }
     }
 }
@@ -447,6 +518,13 @@ impl ModelConfig {
                 ));
             }
             _ => {}
+        }
+        if let Some(sequence) = &self.sequence {
+            let items: Vec<&str> = self
+                .side_features(Side::Item)
+                .map(|f| f.name.as_str())
+                .collect();
+            sequence.check(self.output_dim(), &items)?;
         }
         Ok(())
     }

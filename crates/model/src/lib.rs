@@ -54,21 +54,25 @@
 #![deny(missing_docs)]
 
 mod batch;
+mod catalogue;
 mod config;
 mod dropout;
 pub mod engine;
 mod error;
 mod model;
 mod ops;
+mod sequence;
 mod softmax;
 
 #[cfg(test)]
 mod tests;
 
 pub use batch::{HostColumn, SideBatch};
+pub use catalogue::catalogue_softmax_cross_entropy;
 pub use config::{
     Activation, ConfigError, FeatureKind, FeatureSpec, LEAKY_RELU_SLOPE, ModelConfig, Pooling,
-    SenetConfig, Side, Similarity, Squeeze, Temperature, TowerConfig,
+    SenetConfig, SequenceConfig, SequenceItems, Side, Similarity, Squeeze, Temperature,
+    TowerConfig,
 };
 pub use error::ModelError;
 pub use model::{CONFIG_FILE, Dssm, EMBEDDING_INIT_STD, Mode, WEIGHTS_FILE, parse_device};

@@ -13,6 +13,7 @@ use crate::config::{FeatureKind, ModelConfig, Pooling, Side, Similarity, Squeeze
 use crate::dropout::dropout_mask;
 use crate::error::ModelError;
 use crate::ops::{Act, bias_act};
+use crate::sequence::SequenceTower;
 
 /// Whether a forward pass trains (dropout on) or evaluates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,13 +38,13 @@ pub const CONFIG_FILE: &str = "model.json";
 const COSINE_EPS: f64 = 1e-12;
 
 /// A linear layer, PyTorch layout: `weight: [out, in]`, `bias: [out]`.
-struct Linear {
-    weight: Var,
-    bias: Var,
+pub(crate) struct Linear {
+    pub(crate) weight: Var,
+    pub(crate) bias: Var,
 }
 
 impl Linear {
-    fn forward(
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         act: Act,
@@ -123,20 +124,26 @@ pub struct Dssm {
     pub(crate) user: Tower,
     pub(crate) item: Tower,
     log_temperature: Option<Var>,
+    sequence: Option<SequenceTower>,
     named_vars: Vec<(String, Var)>,
     fused: bool,
 }
 
 /// Deterministic initialisation from our own seeded generator.
-struct Init<'a> {
-    rng: StdRng,
+pub(crate) struct Init<'a> {
+    pub(crate) rng: StdRng,
     device: &'a Device,
     dtype: DType,
     named_vars: Vec<(String, Var)>,
 }
 
 impl Init<'_> {
-    fn var(&mut self, name: String, values: Vec<f32>, shape: &[usize]) -> Result<Var, ModelError> {
+    pub(crate) fn var(
+        &mut self,
+        name: String,
+        values: Vec<f32>,
+        shape: &[usize],
+    ) -> Result<Var, ModelError> {
         let tensor = Tensor::from_vec(values, shape, self.device)?.to_dtype(self.dtype)?;
         let var = Var::from_tensor(&tensor)?;
         self.named_vars.push((name, var.clone()));
@@ -144,7 +151,12 @@ impl Init<'_> {
     }
 
     /// Xavier (Glorot) uniform weight, zero bias.
-    fn linear(&mut self, name: &str, fan_in: usize, fan_out: usize) -> Result<Linear, ModelError> {
+    pub(crate) fn linear(
+        &mut self,
+        name: &str,
+        fan_in: usize,
+        fan_out: usize,
+    ) -> Result<Linear, ModelError> {
         let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
         let w: Vec<f32> = (0..fan_in * fan_out)
             .map(|_| self.rng.random_range(-a..a) as f32)
@@ -155,7 +167,12 @@ impl Init<'_> {
     }
 
     /// Normal(0, [`EMBEDDING_INIT_STD`]) rows (Box-Muller).
-    fn embedding(&mut self, name: String, rows: usize, dim: usize) -> Result<Var, ModelError> {
+    pub(crate) fn embedding(
+        &mut self,
+        name: String,
+        rows: usize,
+        dim: usize,
+    ) -> Result<Var, ModelError> {
         let values: Vec<f32> = (0..rows * dim)
             .map(|_| {
                 let u1: f64 = 1.0 - self.rng.random::<f64>();
@@ -324,6 +341,17 @@ impl Tower {
             ));
         }
         Ok(c.flatten_all()?.to_vec1::<u32>()?)
+    }
+
+    /// The (group, field, width) of the categorical feature in batch column `column`.
+    pub(crate) fn field_of_column(&self, column: usize) -> Option<(usize, usize, usize)> {
+        self.groups.iter().enumerate().find_map(|(g, group)| {
+            group
+                .sparse
+                .iter()
+                .find(|f| f.column == column && matches!(f.kind, SparseKind::Categorical))
+                .map(|f| (g, f.field, group.dim))
+        })
     }
 
     /// Field embeddings of each group, `[B, fields, dim]`.
@@ -546,6 +574,10 @@ impl Dssm {
             }
             Temperature::Fixed(_) => None,
         };
+        let sequence = match &config.sequence {
+            Some(s) => Some(SequenceTower::build(&config, s, &item, &mut init)?),
+            None => None,
+        };
         Ok(Dssm {
             config,
             device: device.clone(),
@@ -553,6 +585,7 @@ impl Dssm {
             user,
             item,
             log_temperature,
+            sequence,
             named_vars: init.named_vars,
             fused: true,
         })
@@ -610,6 +643,82 @@ impl Dssm {
     /// Item embeddings `[B, D]`.
     pub fn encode_items(&self, batch: &SideBatch, mode: Mode) -> Result<Tensor, ModelError> {
         self.encode(Side::Item, batch, mode)
+    }
+
+    /// The sequence tower's inputs for the whole catalogue in `items` (item row `r` at row `r`):
+    /// the item vectors `[C, D]` (the item tower's outputs, what queries are scored against) and
+    /// the token table `[C + 1, D]` (row 0 padding) that [`Dssm::encode_sequences`] reads.
+    /// An error when the model has no sequence tower.
+    pub fn sequence_items(
+        &self,
+        items: &SideBatch,
+        mode: Mode,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let sequence = self.sequence_tower()?;
+        let vectors = self.encode_items(items, mode)?;
+        let tokens = sequence.tokens(&self.item, items, &vectors, self.fused)?;
+        Ok((vectors, tokens))
+    }
+
+    /// Query vectors at every position of `rows` sequences, `[rows * n, D]` row-major: `ids`
+    /// holds `rows * n` item ids (item row + 1, 0 = padding), each sequence left-padded, its
+    /// newest item last; `users` (one row per sequence) adds the user tower's output when
+    /// `sequence.user_features`. L2-normalised when the user tower is.
+    ///
+    /// ```
+    /// use candle_core::Device;
+    /// use dssm_model::*;
+    /// let config = ModelConfig {
+    ///     features: vec![
+    ///         FeatureSpec::categorical("user_id", Side::User, 10),
+    ///         FeatureSpec::categorical("movie_id", Side::Item, 5),
+    ///     ],
+    ///     senet: None,
+    ///     sequence: Some(SequenceConfig {
+    ///         max_len: 4, blocks: 1, heads: 2, dropout: 0.0, items: SequenceItems::Tower,
+    ///         id_feature: "movie_id".into(), user_features: false, ffn_multiple: 1,
+    ///     }),
+    ///     ..ModelConfig::default()
+    /// };
+    /// let model = Dssm::new(config, 1, &Device::Cpu)?;
+    /// let items = SideBatch::from_host(model.config(), Side::Item, 5,
+    ///     &[HostColumn::Ids(&[0, 1, 2, 3, 4])], &Device::Cpu)?;
+    /// let (vectors, tokens) = model.sequence_items(&items, Mode::Eval)?;
+    /// // Two sequences of 4: [_, _, 3, 1] and [2, 4, 4, 1] (item rows + 1, newest last).
+    /// let queries = model.encode_sequences(&tokens, &[0, 0, 3, 1, 2, 4, 4, 1], 2, None, Mode::Eval)?;
+    /// assert_eq!((vectors.dims(), queries.dims()), (&[5, 32][..], &[8, 32][..]));
+    /// # Ok::<(), dssm_model::ModelError>(())
+    /// ```
+    pub fn encode_sequences(
+        &self,
+        tokens: &Tensor,
+        ids: &[u32],
+        rows: usize,
+        users: Option<&SideBatch>,
+        mode: Mode,
+    ) -> Result<Tensor, ModelError> {
+        let sequence = self.sequence_tower()?;
+        let mut out = sequence.forward(tokens, ids, rows, mode, self.fused)?;
+        if let (Some(users), true) = (users, sequence.adds_user_features()) {
+            let u = self.encode_users(users, mode)?;
+            let (n, d) = (ids.len() / rows, u.dim(1)?);
+            let per_position = u
+                .unsqueeze(1)?
+                .broadcast_as((rows, n, d))?
+                .reshape((rows * n, d))?;
+            out = (out + per_position)?;
+        }
+        if self.config.user_tower.l2_normalize {
+            out = l2_normalize(&out)?;
+        }
+        Ok(out)
+    }
+
+    fn sequence_tower(&self) -> Result<&SequenceTower, ModelError> {
+        self.sequence.as_ref().ok_or(ModelError::Unsupported {
+            what: "this model",
+            problem: "it has no sequence tower (model config `sequence`)".to_string(),
+        })
     }
 
     /// Similarity before the temperature: `[B]` for pairs (`matrix = false`) or `[U, I]`.

@@ -54,6 +54,7 @@ fn mixed_config() -> ModelConfig {
         }),
         similarity: Similarity::Dot,
         temperature: Temperature::Learned { init: 0.5 },
+        sequence: None,
     }
 }
 

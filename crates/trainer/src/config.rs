@@ -292,6 +292,60 @@ pub struct ModelSection {
     pub temperature: f64,
     /// Learn the temperature (initialised at `temperature`). Default false.
     pub learn_temperature: bool,
+    /// The sequence user tower (self-attention over the user's last items). Default off.
+    pub sequence: SequenceSection,
+}
+
+/// What the sequence tower's tokens are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SequenceItemsKind {
+    /// The item tower's embedding of `id_feature`, projected to the tower width.
+    Id,
+    /// The item tower's whole output (all item features).
+    Tower,
+}
+
+/// `[model.sequence]`: a SASRec-style user tower (`leave-last-out` / `time` only): causal
+/// self-attention over the user's last `max_len` train items, trained on every position of
+/// each user's train sequence (next-item prediction) with `loss.kind = "full_softmax"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SequenceSection {
+    /// Use the sequence tower. Default false.
+    pub enabled: bool,
+    /// Items per sequence (the newest last). Default 200.
+    pub max_len: usize,
+    /// Attention blocks. Default 2.
+    pub blocks: usize,
+    /// Attention heads (divide the tower width). Default 1.
+    pub heads: usize,
+    /// Dropout on the embeddings and each residual branch. Default 0.2.
+    pub dropout: f64,
+    /// Tokens: `id` or `tower`. Default `id`.
+    pub items: SequenceItemsKind,
+    /// The item feature whose embedding is the token under `items = "id"`. Default `movie_id`.
+    pub id_feature: String,
+    /// Add the user tower's output (the user's own features) to the sequence output. Default true.
+    pub user_features: bool,
+    /// Feed-forward width as a multiple of the tower width. Default 1.
+    pub ffn_multiple: usize,
+}
+
+impl Default for SequenceSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_len: 200,
+            blocks: 2,
+            heads: 1,
+            dropout: 0.2,
+            items: SequenceItemsKind::Id,
+            id_feature: "movie_id".to_string(),
+            user_features: true,
+            ffn_multiple: 1,
+        }
+    }
 }
 
 impl Default for ModelSection {
@@ -303,6 +357,7 @@ impl Default for ModelSection {
             similarity: SimilarityKind::Dot,
             temperature: 1.0,
             learn_temperature: false,
+            sequence: SequenceSection::default(),
         }
     }
 }
@@ -356,6 +411,8 @@ pub enum LossKind {
     InBatchSoftmax,
     /// Softmax over the positive and its sampled negatives.
     SampledSoftmax,
+    /// Softmax over the whole catalogue (the sequence tower's next-item loss).
+    FullSoftmax,
 }
 
 /// `[loss]`.
@@ -861,6 +918,7 @@ impl RunConfig {
             }
             _ => {}
         }
+        self.check_sequence()?;
         if self.features.history_len > 0 && !self.data.protocol.is_retrieval() {
             return Err(invalid(
                 "features.history_len",
@@ -880,6 +938,70 @@ impl RunConfig {
         }
         if self.output.dir.as_os_str().is_empty() {
             return Err(invalid("output.dir", "\"\"", "a run folder"));
+        }
+        Ok(())
+    }
+}
+
+impl RunConfig {
+    /// The sequence tower and the full softmax go together, under a retrieval protocol.
+    fn check_sequence(&self) -> Result<(), ConfigError> {
+        let sequence = &self.model.sequence;
+        let full = self.loss.kind == LossKind::FullSoftmax;
+        if full && !sequence.enabled {
+            return Err(invalid(
+                "loss.kind",
+                "\"full_softmax\"",
+                "another loss unless model.sequence.enabled",
+            ));
+        }
+        if !sequence.enabled {
+            return Ok(());
+        }
+        if !full {
+            return Err(invalid(
+                "loss.kind",
+                format!("{:?}", self.loss.kind),
+                "\"full_softmax\" with model.sequence.enabled",
+            ));
+        }
+        if !self.data.protocol.is_retrieval() {
+            return Err(invalid(
+                "model.sequence.enabled",
+                true,
+                "false unless data.protocol is leave-last-out or time",
+            ));
+        }
+        if self.features.history_len > 0 {
+            return Err(invalid(
+                "features.history_len",
+                self.features.history_len,
+                "0 with model.sequence.enabled (the sequence is the history)",
+            ));
+        }
+        if self.model.similarity != SimilarityKind::Dot || self.model.learn_temperature {
+            return Err(invalid(
+                "model.similarity",
+                format!("{:?}", self.model.similarity),
+                "\"dot\" with a fixed temperature under model.sequence (l2_normalize the towers for the cosine)",
+            ));
+        }
+        if !(0.0..1.0).contains(&sequence.dropout) {
+            return Err(invalid(
+                "model.sequence.dropout",
+                sequence.dropout,
+                "in [0, 1)",
+            ));
+        }
+        for (key, value) in [
+            ("model.sequence.max_len", sequence.max_len),
+            ("model.sequence.blocks", sequence.blocks),
+            ("model.sequence.heads", sequence.heads),
+            ("model.sequence.ffn_multiple", sequence.ffn_multiple),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, value, "> 0"));
+            }
         }
         Ok(())
     }

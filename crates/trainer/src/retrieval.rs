@@ -40,6 +40,13 @@ pub(crate) struct HeldOut {
     train_items: Exclusions,
 }
 
+impl HeldOut {
+    /// User rows, one per held-out interaction.
+    pub(crate) fn users(&self) -> &[u32] {
+        &self.users
+    }
+}
+
 /// What every evaluation of a run shares: the candidates, the users' train items and the
 /// popularity baseline.
 #[derive(Debug, Clone)]
@@ -81,6 +88,11 @@ impl RetrievalSetup {
             items_by_user,
             popularity,
         }
+    }
+
+    /// Candidate item rows, ascending.
+    pub(crate) fn candidate_rows(&self) -> &[u32] {
+        &self.candidates
     }
 
     /// Number of candidates.
@@ -162,10 +174,31 @@ impl RetrievalSetup {
             batch_size,
             cosine,
         )?;
+        self.rank(
+            item_vectors,
+            &user_vectors,
+            dim,
+            held_out,
+            variants,
+            cutoffs,
+        )
+    }
+
+    /// The reports of query vectors `user_vectors` (one per held-out interaction, `[n, dim]`)
+    /// against the candidates' vectors `item_vectors` (`[candidates, dim]`, candidate order).
+    pub(crate) fn rank(
+        &self,
+        item_vectors: Vec<f32>,
+        user_vectors: &[f32],
+        dim: usize,
+        held_out: &HeldOut,
+        variants: &[ProtocolVariant],
+        cutoffs: &[usize],
+    ) -> Result<Vec<RankingReport>, TrainError> {
         let matrix = EmbeddingMatrix::new(self.candidates.clone(), dim, item_vectors)
             .map_err(retrieval_error)?;
         let index = ExactIndex::new(matrix);
-        let queries = MatrixView::new(&user_vectors, dim).map_err(retrieval_error)?;
+        let queries = MatrixView::new(user_vectors, dim).map_err(retrieval_error)?;
         variants
             .iter()
             .map(|&v| {

@@ -151,6 +151,9 @@ fn candle_loss(
             )
             .map_err(TrainError::tensor("computing the loss"))
         }
+        LossKind::FullSoftmax => Err(TrainError::Unsupported {
+            message: "loss.kind \"full_softmax\" is the sequence tower's loss".to_string(),
+        }),
         LossKind::Bpr | LossKind::SampledSoftmax => {
             let k = rows.k;
             item_rows.extend_from_slice(&rows.negatives[range.start * k..range.end * k]);

@@ -4,12 +4,13 @@
 use candle_core::Device;
 use dssm_data::{Dataset, FeatureValues};
 use dssm_model::{
-    Activation, FeatureKind, FeatureSpec, HostColumn, ModelConfig, Pooling, SenetConfig, Side,
-    SideBatch, Similarity, Squeeze, Temperature, TowerConfig,
+    Activation, FeatureKind, FeatureSpec, HostColumn, ModelConfig, Pooling, SenetConfig,
+    SequenceConfig, SequenceItems, Side, SideBatch, Similarity, Squeeze, Temperature, TowerConfig,
 };
 
 use crate::config::{
-    ActivationKind, ConfigError, PoolingKind, RunConfig, SimilarityKind, SqueezeKind, TowerSection,
+    ActivationKind, ConfigError, PoolingKind, RunConfig, SequenceItemsKind, SequenceSection,
+    SimilarityKind, SqueezeKind, TowerSection,
 };
 use crate::error::TrainError;
 use crate::history::{HISTORY_FEATURE, RECENT_FEATURE};
@@ -162,6 +163,7 @@ pub(crate) fn model_config(
         } else {
             Temperature::Fixed(m.temperature as f32)
         },
+        sequence: m.sequence.enabled.then(|| sequence(&m.sequence)),
     };
     model.check().map_err(|e| ConfigError::Invalid {
         key: format!("model ({})", e.field),
@@ -169,6 +171,22 @@ pub(crate) fn model_config(
         expected: e.problem.clone(),
     })?;
     Ok(model)
+}
+
+fn sequence(section: &SequenceSection) -> SequenceConfig {
+    SequenceConfig {
+        max_len: section.max_len,
+        blocks: section.blocks,
+        heads: section.heads,
+        dropout: section.dropout as f32,
+        items: match section.items {
+            SequenceItemsKind::Id => SequenceItems::Id,
+            SequenceItemsKind::Tower => SequenceItems::Tower,
+        },
+        id_feature: section.id_feature.clone(),
+        user_features: section.user_features,
+        ffn_multiple: section.ffn_multiple,
+    }
 }
 
 /// One feature column: `width` ids (1 for categorical) or floats (dense) per row, row-major.

@@ -69,6 +69,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainReport, 
     match build(config, inputs)? {
         AnyTask::Pointwise(task) => learner.fit(task.as_ref(), &info),
         AnyTask::Retrieval(task) => learner.fit(task.as_ref(), &info),
+        AnyTask::Sequence(task) => learner.fit(task.as_ref(), &info),
     }
 }
 

@@ -42,6 +42,7 @@ pub fn reference_config(senet: bool) -> ModelConfig {
         }),
         similarity: Similarity::Dot,
         temperature: Temperature::Fixed(1.0),
+        sequence: None,
     }
 }
 

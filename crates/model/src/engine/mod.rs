@@ -43,7 +43,7 @@
 //! # Ok::<(), dssm_model::ModelError>(())
 //! ```
 
-mod kernels;
+pub(crate) mod kernels;
 mod plan;
 mod senet;
 mod softmax;

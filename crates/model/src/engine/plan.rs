@@ -131,6 +131,9 @@ pub fn check_supported(config: &ModelConfig) -> Result<(), ModelError> {
     if let Temperature::Learned { .. } = config.temperature {
         return Err(unsupported("a learned temperature"));
     }
+    if config.sequence.is_some() {
+        return Err(unsupported("the sequence user tower"));
+    }
     for side in [Side::User, Side::Item] {
         let mut dims = config
             .side_features(side)

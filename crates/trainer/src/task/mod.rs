@@ -1,12 +1,14 @@
 //! Tasks: what the learner trains. A task builds an epoch's batches from (seed, epoch), computes
 //! the loss of a batch, validates a model and writes the test figures into the final report; the
-//! learner ([`crate::learner`]) knows nothing else about the protocol. Two tasks today:
+//! learner ([`crate::learner`]) knows nothing else about the protocol. Three tasks today:
 //! [`pointwise::PointwiseTask`] (`seed`: AUC, log loss, GAUC) and [`retrieval::RetrievalTask`]
-//! (`leave-last-out` and `time`: full-catalogue HR/NDCG/MRR). A new one (a sequence tower's
-//! next-item task, say) is a module here and a variant in [`build`].
+//! (`leave-last-out` and `time`: full-catalogue HR/NDCG/MRR), and [`sequence::SequenceTask`], the
+//! sequence tower's next-item task over the same queries. A new one is a module here and a variant
+//! in [`build`].
 
 pub(crate) mod pointwise;
 pub(crate) mod retrieval;
+pub(crate) mod sequence;
 
 use dssm_model::Dssm;
 use dssm_retrieval::RankingReport;
@@ -129,11 +131,15 @@ pub(crate) enum AnyTask<'a> {
     Pointwise(Box<pointwise::PointwiseTask<'a>>),
     /// `leave-last-out`, `time`.
     Retrieval(Box<retrieval::RetrievalTask<'a>>),
+    /// `model.sequence`: next-item prediction under a retrieval protocol.
+    Sequence(Box<sequence::SequenceTask<'a>>),
 }
 
 /// Builds the task of `config.data.protocol`.
 pub(crate) fn build(config: &RunConfig, inputs: Inputs) -> Result<AnyTask<'_>, TrainError> {
-    Ok(if config.data.protocol.is_retrieval() {
+    Ok(if config.model.sequence.enabled {
+        AnyTask::Sequence(Box::new(sequence::SequenceTask::new(config, inputs)?))
+    } else if config.data.protocol.is_retrieval() {
         AnyTask::Retrieval(Box::new(retrieval::RetrievalTask::new(config, inputs)?))
     } else {
         AnyTask::Pointwise(Box::new(pointwise::PointwiseTask::new(config, inputs)?))

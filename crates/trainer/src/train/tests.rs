@@ -891,3 +891,64 @@ fn log_q_changes_training_the_same_way_on_both_engines() {
         "{fused_off} vs {candle_off}"
     );
 }
+
+/// `retrieval_config` with the sequence tower and the full softmax.
+fn sequence_config(data: &Path, out: &Path) -> RunConfig {
+    let mut config = retrieval_config(data, out, "in_batch_softmax");
+    config.loss.kind = LossKind::FullSoftmax;
+    config.loss.logq_correction = false;
+    config.features.user = Some(vec!["gender".into(), "age".into()]);
+    let sequence = &mut config.model.sequence;
+    sequence.enabled = true;
+    (sequence.max_len, sequence.blocks, sequence.heads) = (20, 1, 2);
+    sequence.dropout = 0.1;
+    config.train.batch_size = 64;
+    config.optimizer.lr = 0.005;
+    config
+}
+
+#[test]
+fn the_sequence_task_learns_next_items_resumes_identically_and_checks_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = leave_last_out_dataset(dir.path());
+    for items in [
+        crate::config::SequenceItemsKind::Id,
+        crate::config::SequenceItemsKind::Tower,
+    ] {
+        let mut config = sequence_config(&data, &dir.path().join(format!("{items:?}")));
+        config.model.sequence.items = items;
+        let (straight, _) = straight_and_resumed(&config, |_| 2, |_| {});
+        let retrieval = straight.metrics.retrieval.as_ref().unwrap();
+        let random = 50.0 / retrieval.candidates as f64;
+        let val = hr(retrieval.val.as_ref().unwrap(), 50);
+        assert!(
+            val > 2.0 * random,
+            "{items:?}: val HR@50 {val}, random {random}"
+        );
+        assert_eq!(straight.metrics.engine, "candle");
+        assert_eq!(retrieval.test.len(), 2);
+        // Loss falls over the epochs: it learns something from the sequences.
+        let losses: Vec<f64> = straight.epochs.iter().map(|e| e.train_loss).collect();
+        assert!(
+            losses[losses.len() - 1] < losses[0],
+            "{items:?}: {losses:?}"
+        );
+    }
+    let base = sequence_config(&data, &dir.path().join("bad"));
+    let refused = |edit: &dyn Fn(&mut RunConfig), key: &str| {
+        let mut config = base.clone();
+        edit(&mut config);
+        let message = train(&config, &TrainOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains(key), "{key}: {message}");
+    };
+    refused(&|c| c.loss.kind = LossKind::InBatchSoftmax, "loss.kind");
+    refused(&|c| c.model.sequence.enabled = false, "loss.kind");
+    refused(&|c| c.features.history_len = 3, "features.history_len");
+    refused(&|c| c.model.sequence.heads = 3, "heads");
+    refused(
+        &|c| c.train.engine = crate::config::EngineKind::Fused,
+        "train.engine",
+    );
+}
