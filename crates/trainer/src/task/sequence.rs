@@ -192,39 +192,15 @@ impl<'a> SequenceTask<'a> {
         users: &[u32],
         newer: Option<&[Option<u32>]>,
     ) -> Result<Vec<f32>, TrainError> {
-        let config = &self.config.model.sequence;
-        let (_, tokens) = self.catalogue(model, Mode::Eval, &mut GatherBuffers::default())?;
-        let mut out = Vec::with_capacity(users.len() * self.inputs.model_config.output_dim());
-        // Attention holds `users x max_len^2` weights per block: small chunks.
-        let batch_size = self.config.train.eval_batch_size.clamp(1, 256);
-        let mut buffers = GatherBuffers::default();
-        for (c, chunk) in users.chunks(batch_size).enumerate() {
-            let sequences: Vec<Vec<u32>> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, &u)| {
-                    let mut s = self.sequences.of(u).to_vec();
-                    s.extend(newer.and_then(|n| n[c * batch_size + i]));
-                    s
-                })
-                .collect();
-            let padded = Padded::new(sequences.iter().map(Vec::as_slice), config.max_len);
-            let user_batch = self.user_batch(chunk, &mut buffers)?;
-            let q = model
-                .encode_sequences(
-                    &tokens,
-                    &padded.ids,
-                    padded.rows,
-                    Some(&user_batch),
-                    Mode::Eval,
-                )
-                .map_err(TrainError::model)?;
-            let last: Vec<u32> = (0..padded.rows)
-                .map(|r| ((r + 1) * padded.len - 1) as u32)
-                .collect();
-            out.extend(read_rows(&q, &last)?);
-        }
-        Ok(out)
+        let queries = SequenceQueries {
+            model,
+            users: &self.inputs.users,
+            items: &self.inputs.items,
+            sequences: &self.sequences,
+            max_len: self.config.model.sequence.max_len,
+            batch_size: self.config.train.eval_batch_size,
+        };
+        queries.vectors(users, newer)
     }
 
     /// The item vectors `[C, D]` and the token table of the whole catalogue.
@@ -272,6 +248,67 @@ impl<'a> SequenceTask<'a> {
             variants,
             &PROTOCOL_CUTOFFS,
         )
+    }
+}
+
+/// Query vectors of the sequence tower in evaluation mode: what validation, test and the
+/// exported user embeddings read.
+pub(crate) struct SequenceQueries<'a> {
+    pub(crate) model: &'a Dssm,
+    pub(crate) users: &'a crate::tables::SideTable,
+    pub(crate) items: &'a crate::tables::SideTable,
+    pub(crate) sequences: &'a UserSequences,
+    pub(crate) max_len: usize,
+    pub(crate) batch_size: usize,
+}
+
+impl SequenceQueries<'_> {
+    /// `[users, D]`: each user's train sequence, then `newer[i]` when given, through the tower;
+    /// the output at the newest item.
+    pub(crate) fn vectors(
+        &self,
+        users: &[u32],
+        newer: Option<&[Option<u32>]>,
+    ) -> Result<Vec<f32>, TrainError> {
+        let (model, mc) = (self.model, self.model.config());
+        let all_items: Vec<u32> = (0..self.items.rows() as u32).collect();
+        let mut buffers = GatherBuffers::default();
+        let items = self
+            .items
+            .batch(mc, &all_items, &mut buffers, model.device())?;
+        let (_, tokens) = model
+            .sequence_items(&items, Mode::Eval)
+            .map_err(TrainError::model)?;
+        let mut out = Vec::with_capacity(users.len() * mc.output_dim());
+        // Attention holds `users x max_len^2` weights per block: small chunks.
+        let batch_size = self.batch_size.clamp(1, 256);
+        for (c, chunk) in users.chunks(batch_size).enumerate() {
+            let sequences: Vec<Vec<u32>> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, &u)| {
+                    let mut s = self.sequences.of(u).to_vec();
+                    s.extend(newer.and_then(|n| n[c * batch_size + i]));
+                    s
+                })
+                .collect();
+            let padded = Padded::new(sequences.iter().map(Vec::as_slice), self.max_len);
+            let user_batch = self.users.batch(mc, chunk, &mut buffers, model.device())?;
+            let q = model
+                .encode_sequences(
+                    &tokens,
+                    &padded.ids,
+                    padded.rows,
+                    Some(&user_batch),
+                    Mode::Eval,
+                )
+                .map_err(TrainError::model)?;
+            let last: Vec<u32> = (0..padded.rows)
+                .map(|r| ((r + 1) * padded.len - 1) as u32)
+                .collect();
+            out.extend(read_rows(&q, &last)?);
+        }
+        Ok(out)
     }
 }
 

@@ -933,6 +933,34 @@ fn the_sequence_task_learns_next_items_resumes_identically_and_checks_its_config
             losses[losses.len() - 1] < losses[0],
             "{items:?}: {losses:?}"
         );
+        // The exported user vectors are the test queries: ranking with them gives the test HR@10.
+        let loaded = load_run(&straight.run_dir).unwrap();
+        let (users, dim) = loaded.embeddings(Side::User, 128).unwrap();
+        let (items, _) = loaded.embeddings(Side::Item, 128).unwrap();
+        let test = loaded.dataset.interactions(Split::Test).unwrap();
+        let counts = &loaded.dataset.items.train_count;
+        let score = |u: u32, i: usize| -> f32 {
+            let (a, b) = (&users[u as usize * dim..][..dim], &items[i * dim..][..dim]);
+            a.iter().zip(b).map(|(x, y)| x * y).sum()
+        };
+        let hits = test
+            .user_row
+            .iter()
+            .zip(&test.item_row)
+            .filter(|&(&u, &t)| {
+                let target = score(u, t as usize);
+                let ahead = (0..counts.len())
+                    .filter(|&i| counts[i] > 0 && score(u, i) > target)
+                    .count();
+                ahead < 10
+            })
+            .count();
+        let expected = hr(&retrieval.test[0], 10);
+        assert_eq!(
+            hits as f64 / test.user_row.len() as f64,
+            expected,
+            "{items:?}"
+        );
     }
     let base = sequence_config(&data, &dir.path().join("bad"));
     let refused = |edit: &dyn Fn(&mut RunConfig), key: &str| {
