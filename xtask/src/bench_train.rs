@@ -4,7 +4,8 @@
 //!
 //! Data: ML-1M from `../shared/datasets/ml-1m-bench` when present, the synthetic generator
 //! otherwise; prepared under `target/bench-train/`. Recipes: `configs/senet.toml` (10 epochs) and
-//! `configs/retrieval.toml` for 2 epochs (the anchors' TFRS comparison).
+//! `configs/retrieval.toml` for 2 epochs (the anchors' TFRS comparison), and one epoch of
+//! `configs/sequence.toml` (samples: trained positions; no anchor).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,8 +24,9 @@ const OUT: &str = "target/bench-train";
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask bench-train",
-    about = "Training speed of configs/senet.toml and configs/retrieval.toml (2 epochs), and of \
-             one training step; with --anchors, the TensorFlow reference programs in turn"
+    about = "Training speed of configs/senet.toml, configs/retrieval.toml (2 epochs) and \
+             configs/sequence.toml (1 epoch, positions/s), and of one training step; with \
+             --anchors, the TensorFlow reference programs in turn"
 )]
 struct Args {
     /// Runs of each program (taken in turn: ours, theirs, ours, ...); medians are reported.
@@ -37,8 +39,8 @@ struct Args {
     /// Skip the step benchmark (criterion, about a minute).
     #[arg(long)]
     skip_step: bool,
-    /// Only this recipe: `senet` or `retrieval`.
-    #[arg(long, value_parser = ["senet", "retrieval"])]
+    /// Only this recipe: `senet`, `retrieval` or `sequence` (positions/s of the sequence tower).
+    #[arg(long, value_parser = ["senet", "retrieval", "sequence"])]
     only: Option<String>,
 }
 
@@ -63,7 +65,7 @@ struct Recipe {
     quality: &'static str,
 }
 
-const RECIPES: [Recipe; 2] = [
+const RECIPES: [Recipe; 3] = [
     Recipe {
         name: "senet",
         config: "configs/senet.toml",
@@ -94,6 +96,16 @@ const RECIPES: [Recipe; 2] = [
             "1",
         ],
         anchor_result: "tfrs_retrieval_ml-1m.json",
+        quality: "test HR@50",
+    },
+    // The sequence tower, one epoch: samples are trained positions (no anchor program).
+    Recipe {
+        name: "sequence",
+        config: "configs/sequence.toml",
+        protocol: "leave-last-out",
+        extra: &["--set", "train.epochs=1"],
+        anchor: &[],
+        anchor_result: "",
         quality: "test HR@50",
     },
 ];
@@ -174,7 +186,7 @@ fn time_in_turn(recipe: &Recipe, data: &Path, args: &Args) -> Result<(Vec<Timing
         let t = time_ours(recipe, data)?;
         println!("{} run {run}: ours {}", recipe.name, describe(&t, recipe));
         ours.push(t);
-        if let Some(python) = &args.anchors {
+        if let (Some(python), false) = (&args.anchors, recipe.anchor.is_empty()) {
             let t = time_anchor(recipe, python)?;
             println!("{} run {run}: anchor {}", recipe.name, describe(&t, recipe));
             theirs.push(t);
