@@ -28,12 +28,14 @@ fn assert_none_of(krate: &str, forbidden: &[&str]) {
     );
 }
 
-const OURS: [&str; 6] = [
+const OURS: [&str; 8] = [
     "dssm-data",
     "dssm-sampler",
     "dssm-model",
     "dssm-trainer",
     "dssm-retrieval",
+    "dssm-recommend",
+    "dssm-serve",
     "dssm-cli",
 ];
 
@@ -58,4 +60,25 @@ fn data_model_and_retrieval_stand_alone() {
 #[test]
 fn the_trainer_is_a_library_without_the_cli() {
     assert_none_of("trainer", &["dssm-cli", "anyhow", "clap"]);
+}
+
+#[test]
+fn recommendations_are_a_library_and_serving_only_translates_http() {
+    assert_none_of(
+        "recommend",
+        &["dssm-cli", "dssm-serve", "anyhow", "clap", "axum", "tokio"],
+    );
+    assert_none_of(
+        "serve",
+        &[
+            "dssm-cli",
+            "dssm-trainer",
+            "dssm-model",
+            "candle-core",
+            "candle-nn",
+            "anyhow",
+            "clap",
+        ],
+    );
+    assert!(dependencies("serve").contains("dssm-recommend"));
 }
