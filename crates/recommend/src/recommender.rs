@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 use crate::query::{MAX_IDS, MAX_K, Query, Recommendation, User, UserVector};
 use crate::run::{checkpoint_id, l2_normalize_rows, tower_outputs};
 
+/// `(movie id, split)` of a user's interactions, most recent first.
+type Timeline = Vec<(u32, Split)>;
+
 /// The search index over the candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum IndexKind {
@@ -61,7 +64,7 @@ pub struct Recommender {
     /// Per user row: movie ids of every interaction, sorted and de-duplicated.
     seen: Vec<Vec<u32>>,
     /// Per user row: `(movie id, split)` of every interaction, most recent first.
-    timeline: Vec<Vec<(u32, Split)>>,
+    timeline: Vec<Timeline>,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -329,7 +332,7 @@ impl Recommender {
             field: "movie_id",
             ids: vec![id],
         })?;
-        self.search(&self.items.row(row).to_vec(), k, vec![id])
+        self.search(self.items.row(row), k, vec![id])
     }
 
     fn search(&self, vector: &[f32], k: usize, excluded: Vec<u32>) -> Result<Vec<ScoredItem>> {
@@ -471,9 +474,11 @@ fn check_k(k: usize) -> Result<()> {
 /// Per user row: the sorted, de-duplicated movie ids of every split, and `(movie id, split)` of
 /// every interaction, most recent first (by timestamp, a missing one oldest; then train before
 /// val before test; then the line in the ratings file).
-fn interactions_by_user(dataset: &Dataset) -> Result<(Vec<Vec<u32>>, Vec<Vec<(u32, Split)>>)> {
+fn interactions_by_user(dataset: &Dataset) -> Result<(Vec<Vec<u32>>, Vec<Timeline>)> {
     let n = dataset.users.key.len();
-    let mut events: Vec<Vec<(Option<i64>, usize, u32, u32)>> = vec![Vec::new(); n];
+    // Per user: (timestamp, split rank, line, movie id).
+    type Event = (Option<i64>, usize, u32, u32);
+    let mut events: Vec<Vec<Event>> = vec![Vec::new(); n];
     for (rank, split) in Split::ALL.into_iter().enumerate() {
         let rows = dataset.interactions(split).map_err(|e| Error::Run {
             path: dataset.dir.clone(),

@@ -236,6 +236,9 @@ fn synthetic_catalogue(o: &Options, r: &Recommender) -> (Recommender, usize, f64
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
         data.extend(row.iter().map(|v| v / norm));
     }
+    println!(
+        "hnsw         building the graph over {n} synthetic items (minutes for 1M on 2 cores)"
+    );
     let ids: Vec<u32> = (1..=n as u32).map(|i| 1_000_000 + i).collect();
     let matrix = EmbeddingMatrix::new(ids, dim, data).unwrap();
     let started = Instant::now();
