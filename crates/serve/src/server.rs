@@ -161,16 +161,20 @@ impl Server {
             })
     }
 
-    /// Reloads the model on SIGHUP until the process ends (Unix; elsewhere nothing).
+    /// Reloads the model on SIGHUP until the process ends (Unix; elsewhere nothing). Call it
+    /// inside the runtime.
     pub fn reload_on_sighup(&self) {
         #[cfg(unix)]
         {
+            use tokio::signal::unix::{SignalKind, signal};
+            // Registered here, before serving starts, so that no SIGHUP finds the default action
+            // (which ends the process).
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                tracing::warn!("cannot listen for SIGHUP; reload through POST /admin/reload");
+                return;
+            };
             let state = self.state.clone();
             tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-                    return;
-                };
                 while hangups.recv().await.is_some() {
                     match reload(&state, None).await {
                         Ok(done) => tracing::info!("SIGHUP: reloaded {}", done["model_id"]),
