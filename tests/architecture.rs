@@ -28,12 +28,14 @@ fn assert_none_of(krate: &str, forbidden: &[&str]) {
     );
 }
 
-const OURS: [&str; 6] = [
+const OURS: [&str; 8] = [
     "dssm-data",
     "dssm-sampler",
     "dssm-model",
     "dssm-trainer",
     "dssm-retrieval",
+    "dssm-recommend",
+    "dssm-serve",
     "dssm-cli",
 ];
 
@@ -136,4 +138,25 @@ fn the_learner_knows_no_protocol_and_tasks_know_no_run_folder() {
     }
     // Checkpoint decisions are values: the policy does no IO and knows no run folder.
     assert_trainer_module_uses_none_of("policy.rs", &["std::fs", "std::io", "crate::"]);
+}
+
+#[test]
+fn recommendations_are_a_library_and_serving_only_translates_http() {
+    assert_none_of(
+        "recommend",
+        &["dssm-cli", "dssm-serve", "anyhow", "clap", "axum", "tokio"],
+    );
+    assert_none_of(
+        "serve",
+        &[
+            "dssm-cli",
+            "dssm-trainer",
+            "dssm-model",
+            "candle-core",
+            "candle-nn",
+            "anyhow",
+            "clap",
+        ],
+    );
+    assert!(dependencies("serve").contains("dssm-recommend"));
 }

@@ -35,6 +35,10 @@ const DSSM_STEPS: &[(&str, &str)] = &[
         "evaluate-retrieval",
         "leave-last-out HR/NDCG/MRR of a run, beside the popularity baseline",
     ),
+    (
+        "serve",
+        "serve a run over HTTP (recommend, user vectors, similar items, health, metrics, a page)",
+    ),
 ];
 
 fn main() -> Result<()> {
@@ -59,6 +63,7 @@ fn main() -> Result<()> {
         "bench-model" => run_cargo(&["bench", "-p", "dssm-model"], &rest),
         "bench-train" => bench_train::run(&rest),
         "bench-retrieval" => run_cargo(&["bench", "-p", "dssm-retrieval"], &rest),
+        "bench-serve" => bench_serve(&rest),
         step if DSSM_STEPS.iter().any(|(name, _)| *name == step) => {
             let mut forwarded = vec![step.to_string()];
             forwarded.extend(rest);
@@ -84,7 +89,9 @@ fn print_help() {
          bench-model          forward+backward+step samples/s of the reference architecture\n  \
          bench-train          wall, samples/s and peak memory of the training recipes and one step \
          (--anchors PYTHON: beside TensorFlow, in turn)\n  \
-         bench-retrieval      exact and HNSW top-K speed and recall"
+         bench-retrieval      exact and HNSW top-K speed and recall\n  \
+         bench-serve          the HTTP server under load on loopback: req/s and p50/p99/p99.9 for known users, \
+         new users with 20 recent items, HNSW over a synthetic catalogue (--help for options)"
     );
 }
 
@@ -144,6 +151,25 @@ fn bench_data(rest: &[String]) -> Result<()> {
     args.extend(scale_args);
     run_cargo(
         &["bench", "-p", "dssm-data", "--bench", "spec_scale"],
+        &args,
+    )
+}
+
+/// `bench-serve [--run DIR] [--requests N] [--seconds S] [--connections C] [--hnsw-items N]`: the
+/// load generator of `dssm-serve` (example `bench_serve`), release build.
+fn bench_serve(rest: &[String]) -> Result<()> {
+    let mut args = vec!["--".to_string()];
+    args.extend(rest.iter().cloned());
+    run_cargo(
+        &[
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "dssm-serve",
+            "--example",
+            "bench_serve",
+        ],
         &args,
     )
 }

@@ -15,10 +15,12 @@ use clap::{Parser, Subcommand};
 mod prepare;
 mod progress;
 mod retrieve;
+mod serve;
 mod train;
 
 pub use prepare::PrepareArgs;
 pub use retrieve::{EvaluateRetrievalArgs, ExportArgs, IndexArg, RecommendArgs, SplitArg};
+pub use serve::ServeArgs;
 pub use train::{EvalArgs, TrainArgs};
 
 /// DSSM two-tower retrieval on MovieLens: prepare data, train, evaluate, export and recommend.
@@ -48,6 +50,9 @@ pub enum Command {
     EvaluateRetrieval(EvaluateRetrievalArgs),
     /// Top-K movies for a known user (by id) or a new one (gender, age, occupation).
     Recommend(RecommendArgs),
+    /// Serve a run over HTTP: recommendations for known and new users (the user tower per request),
+    /// user vectors, similar items, health, metrics, a page to try it; reload and graceful shutdown.
+    Serve(ServeArgs),
 }
 
 /// Parses `args` (the first one is the program name) and runs the subcommand.
@@ -70,6 +75,7 @@ where
         Command::Export(args) => retrieve::export(&args),
         Command::EvaluateRetrieval(args) => retrieve::evaluate(&args),
         Command::Recommend(args) => retrieve::recommend(&args),
+        Command::Serve(args) => serve::serve(&args),
     }
 }
 

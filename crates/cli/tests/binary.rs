@@ -1,6 +1,7 @@
 //! The `dssm` binary itself (`CARGO_BIN_EXE_dssm`): exit codes and error messages as a user sees
 //! them, no temporary folder left behind after a failure, and training that does not depend on
-//! the number of threads (`RAYON_NUM_THREADS`), byte for byte in the run folder.
+//! the number of threads (`RAYON_NUM_THREADS`), byte for byte in the run folder; `dssm serve` under
+//! SIGHUP (reload) and SIGTERM (graceful stop).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -292,4 +293,90 @@ fn resume_without_a_checkpoint_exits_1_and_writes_nothing() {
         stderr(&output)
     );
     assert!(!run.exists());
+}
+
+/// One HTTP/1.1 request on a fresh connection: `(status, body)`.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the server listens");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name}");
+}
+
+#[test]
+fn serve_answers_reloads_on_sighup_and_stops_cleanly_on_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = prepare_synthetic(dir.path(), "leave-last-out");
+    let config = dir.path().join("llo.toml");
+    std::fs::write(&config, config_text(&data, "leave-last-out")).unwrap();
+    let run = dir.path().join("run");
+    let output = dssm(
+        &["train", "--config", path(&config), "--run-dir", path(&run)],
+        &[],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dssm"))
+        .args(["serve", "--run", path(&run), "--addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("dssm serve starts");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    // "serving    <model id> on http://127.0.0.1:PORT"
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let (status, body) = http(&addr, "POST", "/v1/recommend", r#"{"user_id": 3, "k": 4}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.matches("\"movie_id\"").count(), 4, "{body}");
+
+    // SIGHUP reloads (the server keeps running and counts it); SIGTERM stops it with exit 0.
+    signal(child.id(), "HUP");
+    let reloaded = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        http(&addr, "GET", "/metrics", "")
+            .1
+            .contains("dssm_reloads_total 1")
+    });
+    assert!(reloaded, "SIGHUP reloaded the run");
+    assert_eq!(http(&addr, "GET", "/health", "").0, 200);
+    signal(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM: {status:?}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(rest.contains("stopped"), "{rest}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "no longer listening"
+    );
 }

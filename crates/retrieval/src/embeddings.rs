@@ -1,13 +1,17 @@
 //! Embedding files: an [`EmbeddingMatrix`] as Parquet.
 //!
-//! Layout: column `id` (UInt32, not null) and column `embedding` (`FixedSizeList<Float32, dim>`, not null;
-//! `List<Float32>` is accepted on reading), plus the key-value metadata entries [`META_DIM`] and
-//! [`META_MODEL_ID`]. Files are written to a temporary sibling and renamed, so a reader never sees half a
+//! Layout: column `id` (Int64, not null: Spark and most engines read unsigned 64-bit as a decimal,
+//! signed 64-bit as a plain long) and column `embedding` (`List<Float32>`, not null, every list `dim`
+//! long), plus the key-value metadata entries [`META_DIM`] and [`META_MODEL_ID`]. On reading, `id` may
+//! also be UInt32 (files of earlier versions) and `embedding` a `FixedSizeList<Float32, dim>`. Files are written to a temporary sibling and renamed, so a reader never sees half a
 //! file.
 
 use crate::error::{Error, Result};
 use crate::matrix::EmbeddingMatrix;
-use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, ListArray, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, ListArray, UInt32Array,
+};
+use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -55,16 +59,11 @@ pub fn write_embeddings(path: &Path, matrix: &EmbeddingMatrix, model_id: &str) -
         message,
     };
     let dim = matrix.dim();
-    let dim_i32 =
-        i32::try_from(dim).map_err(|_| file_error(format!("dimension {dim} too large")))?;
+    i32::try_from(dim).map_err(|_| file_error(format!("dimension {dim} too large")))?;
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::UInt32, false),
-        Field::new(
-            "embedding",
-            DataType::FixedSizeList(item.clone(), dim_i32),
-            false,
-        ),
+        Field::new("id", DataType::Int64, false),
+        Field::new("embedding", DataType::List(item.clone()), false),
     ]));
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -85,10 +84,15 @@ pub fn write_embeddings(path: &Path, matrix: &EmbeddingMatrix, model_id: &str) -
             .map_err(|e| file_error(e.to_string()))?;
         for start in (0..matrix.len()).step_by(ROW_GROUP_ROWS) {
             let end = (start + ROW_GROUP_ROWS).min(matrix.len());
-            let ids: ArrayRef = Arc::new(UInt32Array::from(matrix.ids()[start..end].to_vec()));
+            let ids: Vec<i64> = matrix.ids()[start..end]
+                .iter()
+                .map(|&id| id.into())
+                .collect();
+            let ids: ArrayRef = Arc::new(Int64Array::from(ids));
             let values = Float32Array::from(matrix.data()[start * dim..end * dim].to_vec());
+            let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(dim, end - start));
             let lists: ArrayRef = Arc::new(
-                FixedSizeListArray::try_new(item.clone(), dim_i32, Arc::new(values), None)
+                ListArray::try_new(item.clone(), offsets, Arc::new(values), None)
                     .map_err(|e| file_error(e.to_string()))?,
             );
             let batch = RecordBatch::try_new(schema.clone(), vec![ids, lists])
@@ -168,17 +172,7 @@ fn read_embeddings_unguarded(path: &Path) -> Result<EmbeddingFile> {
         let id_col = batch
             .column_by_name("id")
             .ok_or_else(|| file_error("no column `id`".into()))?;
-        let id_col = id_col
-            .as_any()
-            .downcast_ref::<UInt32Array>()
-            .filter(|a| a.null_count() == 0)
-            .ok_or_else(|| {
-                file_error(format!(
-                    "column `id` is {}, expected UInt32 without nulls",
-                    id_col.data_type()
-                ))
-            })?;
-        ids.extend_from_slice(id_col.values());
+        read_ids(id_col.as_ref(), &mut ids).map_err(file_error)?;
         let emb = batch
             .column_by_name("embedding")
             .ok_or_else(|| file_error("no column `embedding`".into()))?;
@@ -223,6 +217,38 @@ fn read_embeddings_unguarded(path: &Path) -> Result<EmbeddingFile> {
     let dim = dim.unwrap_or(1);
     let matrix = EmbeddingMatrix::new(ids, dim, data).map_err(|e| file_error(e.to_string()))?;
     Ok(EmbeddingFile { matrix, model_id })
+}
+
+/// Appends the ids of an `id` column (Int64 in 0..=u32::MAX, or UInt32; no nulls) to `ids`.
+fn read_ids(column: &dyn Array, ids: &mut Vec<u32>) -> std::result::Result<(), String> {
+    let expected = || {
+        format!(
+            "column `id` is {}, expected Int64 or UInt32 without nulls",
+            column.data_type()
+        )
+    };
+    if column.null_count() != 0 {
+        return Err(expected());
+    }
+    if let Some(a) = column.as_any().downcast_ref::<UInt32Array>() {
+        ids.extend_from_slice(a.values());
+        return Ok(());
+    }
+    let a = column
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(expected)?;
+    for &id in a.values() {
+        let id = u32::try_from(id).map_err(|_| {
+            format!(
+                "column `id` has {id} near row {}, outside 0..={}",
+                ids.len(),
+                u32::MAX
+            )
+        })?;
+        ids.push(id);
+    }
+    Ok(())
 }
 
 fn temporary_sibling(path: &Path) -> PathBuf {
@@ -273,5 +299,82 @@ mod tests {
         std::fs::write(&junk, b"not parquet").unwrap();
         let err = read_embeddings(&junk).unwrap_err();
         assert!(err.to_string().contains("junk.parquet"), "{err}");
+    }
+
+    #[test]
+    fn files_carry_int64_ids_and_float32_lists_and_old_uint32_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.parquet");
+        let m = EmbeddingMatrix::new(vec![u32::MAX, 7], 2, vec![0.5, 1.0, -1.0, 2.0]).unwrap();
+        write_embeddings(&path, &m, "m").unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+        let schema = reader.schema().clone();
+        assert_eq!(
+            schema.field_with_name("id").unwrap().data_type(),
+            &DataType::Int64
+        );
+        assert!(matches!(
+            schema.field_with_name("embedding").unwrap().data_type(),
+            DataType::List(item) if item.data_type() == &DataType::Float32
+        ));
+        let batch = reader.build().unwrap().next().unwrap().unwrap();
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(ids.values(), &[i64::from(u32::MAX), 7]);
+        assert_eq!(read_embeddings(&path).unwrap().matrix, m);
+
+        // A file of the previous layout (UInt32 ids, fixed-size lists) reads the same.
+        let item = Arc::new(Field::new("item", DataType::Float32, false));
+        let old_schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::UInt32, false),
+            Field::new("embedding", DataType::FixedSizeList(item.clone(), 2), false),
+        ]));
+        let values = Arc::new(Float32Array::from(vec![0.5, 1.0, -1.0, 2.0]));
+        let lists = FixedSizeListArray::try_new(item, 2, values, None).unwrap();
+        let batch = RecordBatch::try_new(
+            old_schema.clone(),
+            vec![
+                Arc::new(UInt32Array::from(vec![u32::MAX, 7])),
+                Arc::new(lists),
+            ],
+        )
+        .unwrap();
+        let old = dir.path().join("old.parquet");
+        let mut writer =
+            ArrowWriter::try_new(File::create(&old).unwrap(), old_schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        assert_eq!(read_embeddings(&old).unwrap().matrix, m);
+
+        // A negative or too large Int64 id is an error naming the column.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new(
+                "embedding",
+                DataType::List(Arc::new(Field::new("item", DataType::Float32, false))),
+                false,
+            ),
+        ]));
+        let lists = ListArray::try_new(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            OffsetBuffer::from_lengths([2]),
+            Arc::new(Float32Array::from(vec![1.0, 2.0])),
+            None,
+        )
+        .unwrap();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![-3])), Arc::new(lists)],
+        )
+        .unwrap();
+        let bad = dir.path().join("bad.parquet");
+        let mut writer = ArrowWriter::try_new(File::create(&bad).unwrap(), schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let error = read_embeddings(&bad).unwrap_err().to_string();
+        assert!(error.contains("column `id` has -3"), "{error}");
     }
 }

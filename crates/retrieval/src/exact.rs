@@ -227,6 +227,11 @@ impl TopK for ExactIndex {
         }
         let dim = queries.dim();
         let qb = self.query_block;
+        if queries.rows() <= qb {
+            // One block (a single query, as a server asks): on the caller's thread, without a
+            // hand-off to rayon's pool.
+            return Ok(self.top_k_block(queries.data(), 0, k, exclusions, &mut Vec::new()));
+        }
         let blocks: Vec<Vec<Vec<ScoredItem>>> = queries
             .data()
             .par_chunks(qb * dim)

@@ -393,6 +393,11 @@ impl TopK for HnswIndex {
         if k == 0 {
             return Ok(vec![Vec::new(); queries.rows()]);
         }
+        if queries.rows() == 1 {
+            // A single query (as a server asks): on the caller's thread.
+            let excluded = exclusions.map_or(&[][..], |e| e.row(0));
+            return Ok(vec![self.top_k_row(queries.row(0), k, excluded)]);
+        }
         Ok((0..queries.rows())
             .into_par_iter()
             .map(|r| {
