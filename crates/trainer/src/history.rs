@@ -22,6 +22,17 @@ pub(crate) struct TimedRows<'a> {
     pub(crate) lines: &'a [u32],
 }
 
+/// The rows' indices by (user, timestamp, line), a row without a timestamp first: each user's
+/// interactions in the order the split saw them.
+pub(crate) fn time_order(rows: &TimedRows<'_>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows.users.len()).collect();
+    order.sort_unstable_by_key(|&r| {
+        let t = rows.timestamps[r];
+        (rows.users[r], t.is_some(), t, rows.lines[r])
+    });
+    order
+}
+
 /// Histories of the train rows and of every user after their train rows.
 pub(crate) struct Histories {
     /// `len` ids per train row (in the rows' order).
@@ -34,15 +45,7 @@ pub(crate) struct Histories {
 impl Histories {
     pub(crate) fn new(train: &TimedRows<'_>, n_users: usize, len: usize) -> Self {
         let n = train.users.len();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_unstable_by_key(|&r| {
-            (
-                train.users[r],
-                train.timestamps[r].is_some(),
-                train.timestamps[r],
-                train.lines[r],
-            )
-        });
+        let order = time_order(train);
         let mut history = vec![0u32; n * len];
         let mut after_train = vec![0u32; n_users * len];
         let mut start = 0;

@@ -86,7 +86,8 @@ impl LoadedRun {
             max_len,
             batch_size,
         };
-        let vectors = queries.vectors(&all, Some(&newer))?;
+        let (_, tokens) = queries.catalogue()?;
+        let vectors = queries.vectors(&tokens, &all, Some(&newer))?;
         Ok((vectors, self.model.config().output_dim()))
     }
 

@@ -11,14 +11,14 @@ pub(crate) mod retrieval;
 pub(crate) mod sequence;
 
 use dssm_model::Dssm;
-use dssm_retrieval::RankingReport;
+use dssm_retrieval::{PROTOCOL_CUTOFFS, ProtocolVariant, RankingReport};
 
 use crate::config::{RunConfig, SelectMetric};
 use crate::error::TrainError;
 use crate::inputs::Inputs;
 use crate::metrics::PointwiseMetrics;
-use crate::report::{EpochRecord, FinalMetrics};
-use crate::retrieval::{SELECT_CUTOFF, describe};
+use crate::report::{EpochRecord, FinalMetrics, RetrievalMetrics};
+use crate::retrieval::{HeldOut, RetrievalSetup, SELECT_CUTOFF, describe};
 use crate::step::{StepLoss, Stepper};
 
 /// An epoch's batches, as the learner sees them.
@@ -119,10 +119,49 @@ impl Validation {
 }
 
 /// One line per ranking report, for the log.
-pub(crate) fn log_rankings(label: &str, reports: &[RankingReport]) {
+fn log_rankings(label: &str, reports: &[RankingReport]) {
     for report in reports {
         tracing::info!("  {label:<10} {}", describe(report));
     }
+}
+
+/// The `retrieval` section of the final record before the test: candidates, the best
+/// validation ranking and the popularity baseline on validation.
+pub(crate) fn retrieval_section(
+    setup: &RetrievalSetup,
+    popularity_val: &RankingReport,
+    best: &Validation,
+) -> RetrievalMetrics {
+    RetrievalMetrics {
+        candidates: setup.candidates(),
+        val: best.ranking.clone(),
+        popularity_val: popularity_val.clone(),
+        test: Vec::new(),
+        popularity_test: Vec::new(),
+    }
+}
+
+/// Logs the model's `test` reports beside the popularity baseline's on `held_out` and stores
+/// both in the final record's `retrieval` section.
+pub(crate) fn record_test(
+    setup: &RetrievalSetup,
+    held_out: &HeldOut,
+    test: Vec<RankingReport>,
+    metrics: &mut FinalMetrics,
+) -> Result<(), TrainError> {
+    let popularity_test = setup.popularity(held_out, &ProtocolVariant::ALL, &PROTOCOL_CUTOFFS)?;
+    tracing::info!(
+        "test (best epoch {}, {} candidates, full ranking):",
+        metrics.best_epoch,
+        setup.candidates()
+    );
+    log_rankings("model", &test);
+    log_rankings("popularity", &popularity_test);
+    if let Some(section) = metrics.retrieval.as_mut() {
+        section.test = test;
+        section.popularity_test = popularity_test;
+    }
+    Ok(())
 }
 
 /// The task of `config`'s protocol over `inputs`.

@@ -13,11 +13,11 @@ use crate::config::RunConfig;
 use crate::error::TrainError;
 use crate::history::{Histories, item_of_users};
 use crate::inputs::{Inputs, SplitRows, split_rows};
-use crate::report::{FinalMetrics, RetrievalMetrics};
+use crate::report::FinalMetrics;
 use crate::retrieval::{HeldOut, RetrievalSetup, describe};
 use crate::step::{LossInputs, StepBuffers, StepLoss, Stepper, batch_loss};
 use crate::tables::SideTable;
-use crate::task::{Task, Validation, log_rankings};
+use crate::task::{Task, Validation, record_test, retrieval_section};
 
 /// See the module docs.
 pub(crate) struct RetrievalTask<'a> {
@@ -178,13 +178,7 @@ impl Task for RetrievalTask<'_> {
     }
 
     fn report(&self, best: &Validation, metrics: &mut FinalMetrics) {
-        metrics.retrieval = Some(RetrievalMetrics {
-            candidates: self.setup.candidates(),
-            val: best.ranking.clone(),
-            popularity_val: self.popularity_val.clone(),
-            test: Vec::new(),
-            popularity_test: Vec::new(),
-        });
+        metrics.retrieval = Some(retrieval_section(&self.setup, &self.popularity_val, best));
     }
 
     fn test(&self, best: &Dssm, metrics: &mut FinalMetrics) -> Result<(), TrainError> {
@@ -198,20 +192,6 @@ impl Task for RetrievalTask<'_> {
             Some(&self.val),
         );
         let test = self.rank(best, &users, &held_out, &ProtocolVariant::ALL)?;
-        let popularity_test =
-            self.setup
-                .popularity(&held_out, &ProtocolVariant::ALL, &PROTOCOL_CUTOFFS)?;
-        tracing::info!(
-            "test (best epoch {}, {} candidates, full ranking):",
-            metrics.best_epoch,
-            self.setup.candidates()
-        );
-        log_rankings("model", &test);
-        log_rankings("popularity", &popularity_test);
-        if let Some(section) = metrics.retrieval.as_mut() {
-            section.test = test;
-            section.popularity_test = popularity_test;
-        }
-        Ok(())
+        record_test(&self.setup, &held_out, test, metrics)
     }
 }

@@ -14,12 +14,13 @@ use rand::seq::SliceRandom;
 use crate::config::RunConfig;
 use crate::error::TrainError;
 use crate::inputs::{Inputs, SplitRows};
-use crate::report::{FinalMetrics, RetrievalMetrics};
+use crate::report::FinalMetrics;
 use crate::retrieval::{HeldOut, RetrievalSetup, describe};
 use crate::seeds::{STREAM_SHUFFLE, derive_seed};
 use crate::step::{StepLoss, Stepper};
-use crate::tables::GatherBuffers;
-use crate::task::{Batches, Task, Validation, log_rankings};
+use crate::tables::{GatherBuffers, SideTable};
+use crate::task::{Batches, Task, Validation, record_test, retrieval_section};
+use candle_core::Tensor;
 
 /// Every user's train items (item rows) in time order, in CSR form.
 pub(crate) struct UserSequences {
@@ -31,12 +32,7 @@ impl UserSequences {
     /// Orders each user's rows by (timestamp, line), a row without a timestamp first, as the
     /// split and the history feature do.
     pub(crate) fn new(train: &SplitRows, n_users: usize) -> Self {
-        let mut order: Vec<usize> = (0..train.users.len()).collect();
-        order.sort_unstable_by_key(|&r| {
-            let t = train.timestamps.get(r).copied().flatten();
-            let line = train.lines.get(r).copied().unwrap_or(0);
-            (train.users[r], t.is_some(), t, line)
-        });
+        let order = crate::history::time_order(&train.timed());
         let mut offsets = vec![0usize; n_users + 1];
         for &u in &train.users {
             offsets[u as usize + 1] += 1;
@@ -133,7 +129,6 @@ pub(crate) struct SequenceTask<'a> {
     train_users: Vec<u32>,
     /// Trained positions per epoch.
     positions: usize,
-    all_items: Vec<u32>,
     setup: RetrievalSetup,
     val: SplitRows,
     val_held_out: HeldOut,
@@ -176,7 +171,6 @@ impl<'a> SequenceTask<'a> {
             sequences,
             train_users,
             positions,
-            all_items: (0..n_items as u32).collect(),
             setup,
             val,
             val_held_out,
@@ -184,23 +178,16 @@ impl<'a> SequenceTask<'a> {
         })
     }
 
-    /// Query vectors `[users, D]` of `users`, each from its train sequence plus `newer[i]` (the
-    /// validation item of a test query) when given.
-    fn queries(
-        &self,
-        model: &Dssm,
-        users: &[u32],
-        newer: Option<&[Option<u32>]>,
-    ) -> Result<Vec<f32>, TrainError> {
-        let queries = SequenceQueries {
+    /// The tower's queries in evaluation mode over this task's tables.
+    fn evaluation<'m>(&'m self, model: &'m Dssm) -> SequenceQueries<'m> {
+        SequenceQueries {
             model,
             users: &self.inputs.users,
             items: &self.inputs.items,
             sequences: &self.sequences,
             max_len: self.config.model.sequence.max_len,
             batch_size: self.config.train.eval_batch_size,
-        };
-        queries.vectors(users, newer)
+        }
     }
 
     /// The item vectors `[C, D]` and the token table of the whole catalogue.
@@ -209,15 +196,8 @@ impl<'a> SequenceTask<'a> {
         model: &Dssm,
         mode: Mode,
         buffers: &mut GatherBuffers,
-    ) -> Result<(candle_core::Tensor, candle_core::Tensor), TrainError> {
-        let (mc, device) = (&self.inputs.model_config, &self.inputs.device);
-        let items = self
-            .inputs
-            .items
-            .batch(mc, &self.all_items, buffers, device)?;
-        model
-            .sequence_items(&items, mode)
-            .map_err(TrainError::model)
+    ) -> Result<(Tensor, Tensor), TrainError> {
+        catalogue(model, &self.inputs.items, mode, buffers)
     }
 
     fn user_batch(
@@ -229,20 +209,23 @@ impl<'a> SequenceTask<'a> {
         self.inputs.users.batch(mc, users, buffers, device)
     }
 
-    /// The model's reports on `held_out` from query vectors `queries`.
+    /// The model's reports on `held_out`: each user's query from its train sequence plus
+    /// `newer[i]` (the validation item of a test query) when given, against the candidates.
     fn rank(
         &self,
         model: &Dssm,
-        queries: &[f32],
         held_out: &HeldOut,
+        newer: Option<&[Option<u32>]>,
         variants: &[ProtocolVariant],
     ) -> Result<Vec<RankingReport>, TrainError> {
-        let (vectors, _) = self.catalogue(model, Mode::Eval, &mut GatherBuffers::default())?;
+        let evaluation = self.evaluation(model);
+        let (vectors, tokens) = evaluation.catalogue()?;
+        let queries = evaluation.vectors(&tokens, held_out.users(), newer)?;
         let candidates = read_rows(&vectors, self.setup.candidate_rows())?;
         let dim = self.inputs.model_config.output_dim();
         self.setup.rank(
             candidates,
-            queries,
+            &queries,
             dim,
             held_out,
             variants,
@@ -263,22 +246,26 @@ pub(crate) struct SequenceQueries<'a> {
 }
 
 impl SequenceQueries<'_> {
-    /// `[users, D]`: each user's train sequence, then `newer[i]` when given, through the tower;
+    /// The item vectors `[C, D]` and the token table of the whole catalogue, in evaluation mode.
+    pub(crate) fn catalogue(&self) -> Result<(Tensor, Tensor), TrainError> {
+        catalogue(
+            self.model,
+            self.items,
+            Mode::Eval,
+            &mut GatherBuffers::default(),
+        )
+    }
+
+    /// `[users, D]`, from the token table `tokens` of [`SequenceQueries::catalogue`]: each user's train sequence, then `newer[i]` when given, through the tower;
     /// the output at the newest item.
     pub(crate) fn vectors(
         &self,
+        tokens: &Tensor,
         users: &[u32],
         newer: Option<&[Option<u32>]>,
     ) -> Result<Vec<f32>, TrainError> {
         let (model, mc) = (self.model, self.model.config());
-        let all_items: Vec<u32> = (0..self.items.rows() as u32).collect();
         let mut buffers = GatherBuffers::default();
-        let items = self
-            .items
-            .batch(mc, &all_items, &mut buffers, model.device())?;
-        let (_, tokens) = model
-            .sequence_items(&items, Mode::Eval)
-            .map_err(TrainError::model)?;
         let mut out = Vec::with_capacity(users.len() * mc.output_dim());
         // Attention holds `users x max_len^2` weights per block: small chunks.
         let batch_size = self.batch_size.clamp(1, 256);
@@ -296,7 +283,7 @@ impl SequenceQueries<'_> {
             let user_batch = self.users.batch(mc, chunk, &mut buffers, model.device())?;
             let q = model
                 .encode_sequences(
-                    &tokens,
+                    tokens,
                     &padded.ids,
                     padded.rows,
                     Some(&user_batch),
@@ -312,9 +299,23 @@ impl SequenceQueries<'_> {
     }
 }
 
+/// The item vectors `[C, D]` and the token table of every row of `items`.
+fn catalogue(
+    model: &Dssm,
+    items: &SideTable,
+    mode: Mode,
+    buffers: &mut GatherBuffers,
+) -> Result<(Tensor, Tensor), TrainError> {
+    let all: Vec<u32> = (0..items.rows() as u32).collect();
+    let batch = items.batch(model.config(), &all, buffers, model.device())?;
+    model
+        .sequence_items(&batch, mode)
+        .map_err(TrainError::model)
+}
+
 /// Rows `rows` of a `[n, D]` tensor, as host floats.
 fn read_rows(t: &candle_core::Tensor, rows: &[u32]) -> Result<Vec<f32>, TrainError> {
-    let index = candle_core::Tensor::from_slice(rows, rows.len(), t.device())
+    let index = Tensor::from_slice(rows, rows.len(), t.device())
         .map_err(TrainError::tensor("indexing rows"))?;
     t.index_select(&index, 0)
         .and_then(|r| r.to_dtype(candle_core::DType::F32))
@@ -372,7 +373,7 @@ impl Task for SequenceTask<'_> {
         let q = model
             .encode_sequences(&tokens, &padded.ids, padded.rows, Some(&user_batch), mode)
             .map_err(TrainError::model)?;
-        let index = candle_core::Tensor::from_slice(&positions, positions.len(), q.device())
+        let index = Tensor::from_slice(&positions, positions.len(), q.device())
             .map_err(TrainError::tensor("indexing positions"))?;
         let q = q
             .index_select(&index, 0)
@@ -384,10 +385,9 @@ impl Task for SequenceTask<'_> {
     }
 
     fn validate(&self, model: &Dssm) -> Result<Validation, TrainError> {
-        let queries = self.queries(model, self.val_held_out.users(), None)?;
         let variants = [ProtocolVariant::Unmasked];
         let report = self
-            .rank(model, &queries, &self.val_held_out, &variants)?
+            .rank(model, &self.val_held_out, None, &variants)?
             .remove(0);
         Ok(Validation {
             pointwise: None,
@@ -396,36 +396,15 @@ impl Task for SequenceTask<'_> {
     }
 
     fn report(&self, best: &Validation, metrics: &mut FinalMetrics) {
-        metrics.retrieval = Some(RetrievalMetrics {
-            candidates: self.setup.candidates(),
-            val: best.ranking.clone(),
-            popularity_val: self.popularity_val.clone(),
-            test: Vec::new(),
-            popularity_test: Vec::new(),
-        });
+        metrics.retrieval = Some(retrieval_section(&self.setup, &self.popularity_val, best));
     }
 
     fn test(&self, best: &Dssm, metrics: &mut FinalMetrics) -> Result<(), TrainError> {
         let rows = self.inputs.split(Split::Test)?;
         let held_out = self.setup.held_out(&rows.users, &rows.items);
         let newer = crate::history::item_of_users(&rows.users, &self.val.users, &self.val.items);
-        let queries = self.queries(best, held_out.users(), Some(&newer))?;
-        let test = self.rank(best, &queries, &held_out, &ProtocolVariant::ALL)?;
-        let popularity_test =
-            self.setup
-                .popularity(&held_out, &ProtocolVariant::ALL, &PROTOCOL_CUTOFFS)?;
-        tracing::info!(
-            "test (best epoch {}, {} candidates, full ranking):",
-            metrics.best_epoch,
-            self.setup.candidates()
-        );
-        log_rankings("model", &test);
-        log_rankings("popularity", &popularity_test);
-        if let Some(section) = metrics.retrieval.as_mut() {
-            section.test = test;
-            section.popularity_test = popularity_test;
-        }
-        Ok(())
+        let test = self.rank(best, &held_out, Some(&newer), &ProtocolVariant::ALL)?;
+        record_test(&self.setup, &held_out, test, metrics)
     }
 }
 
