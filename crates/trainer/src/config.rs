@@ -306,6 +306,19 @@ pub enum SequenceItemsKind {
     Tower,
 }
 
+/// Which windows of `max_len` items a long train sequence contributes to an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SequenceWindowsKind {
+    /// The newest `max_len` positions only, every epoch (SASRec's practice).
+    Last,
+    /// One window per user and epoch, its end drawn uniformly from (seed, epoch): over epochs
+    /// every position is trained, at the cost of one window per user.
+    Random,
+    /// Every position, every epoch: the sequence cut into consecutive windows from its end.
+    All,
+}
+
 /// `[model.sequence]`: a SASRec-style user tower (`leave-last-out` / `time` only): causal
 /// self-attention over the user's last `max_len` train items, trained on every position of
 /// each user's train sequence (next-item prediction) with `loss.kind = "full_softmax"`.
@@ -330,6 +343,9 @@ pub struct SequenceSection {
     pub user_features: bool,
     /// Feed-forward width as a multiple of the tower width. Default 1.
     pub ffn_multiple: usize,
+    /// Training only: which windows of a sequence longer than `max_len` an epoch trains
+    /// (`last`, `random` or `all`). Default `last`.
+    pub windows: SequenceWindowsKind,
 }
 
 impl Default for SequenceSection {
@@ -344,6 +360,7 @@ impl Default for SequenceSection {
             id_feature: "movie_id".to_string(),
             user_features: true,
             ffn_multiple: 1,
+            windows: SequenceWindowsKind::Last,
         }
     }
 }

@@ -7,16 +7,16 @@
 use dssm_data::Split;
 use dssm_model::{Dssm, Mode, catalogue_softmax_cross_entropy};
 use dssm_retrieval::{PROTOCOL_CUTOFFS, ProtocolVariant, RankingReport};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, SequenceWindowsKind};
 use crate::error::TrainError;
 use crate::inputs::{Inputs, SplitRows};
 use crate::report::FinalMetrics;
 use crate::retrieval::{HeldOut, RetrievalSetup, describe};
-use crate::seeds::{STREAM_SHUFFLE, derive_seed};
+use crate::seeds::{STREAM_SHUFFLE, STREAM_WINDOWS, derive_seed};
 use crate::step::{StepLoss, Stepper};
 use crate::tables::{GatherBuffers, SideTable};
 use crate::task::{Batches, Task, Validation, record_test, retrieval_section};
@@ -51,19 +51,58 @@ impl UserSequences {
     }
 }
 
-/// An epoch: the training users (at least two train items) in a shuffled order.
+/// A slice `start..end` of a user's train sequence: inputs `start..end - 1`, targets
+/// `start + 1..end` (at most `max_len` of each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    user: u32,
+    start: usize,
+    end: usize,
+}
+
+impl Window {
+    fn targets(&self) -> usize {
+        self.end - self.start - 1
+    }
+}
+
+/// The windows of a sequence of `len` items (`len >= 2`) an epoch trains under `kind`; `draw` is
+/// a uniform draw in `0..n` for `random`.
+fn windows_of(
+    len: usize,
+    max_len: usize,
+    kind: SequenceWindowsKind,
+    draw: &mut impl FnMut(usize) -> usize,
+) -> Vec<(usize, usize)> {
+    let span = |end: usize| (end.saturating_sub(max_len + 1), end);
+    match kind {
+        SequenceWindowsKind::Last => vec![span(len)],
+        // Ends max_len + 1..=len, each equally likely.
+        SequenceWindowsKind::Random if len > max_len + 1 => {
+            vec![span(max_len + 1 + draw(len - max_len))]
+        }
+        SequenceWindowsKind::Random => vec![span(len)],
+        SequenceWindowsKind::All => (0..)
+            .map(|i| len - (i * max_len).min(len))
+            .take_while(|&end| end >= 2)
+            .map(span)
+            .collect(),
+    }
+}
+
+/// An epoch: the training windows in a shuffled order.
 pub(crate) struct SequenceBatches {
-    users: Vec<u32>,
+    windows: Vec<Window>,
     batch_size: usize,
     positions: usize,
 }
 
 impl Batches for SequenceBatches {
     fn steps(&self) -> usize {
-        self.users.len().div_ceil(self.batch_size)
+        self.windows.len().div_ceil(self.batch_size)
     }
     fn rows(&self) -> usize {
-        self.users.len()
+        self.windows.len()
     }
     fn batch_rows(&self, step: usize) -> usize {
         self.batch(step).len()
@@ -74,9 +113,9 @@ impl Batches for SequenceBatches {
 }
 
 impl SequenceBatches {
-    fn batch(&self, step: usize) -> &[u32] {
+    fn batch(&self, step: usize) -> &[Window] {
         let start = step * self.batch_size;
-        &self.users[start..(start + self.batch_size).min(self.users.len())]
+        &self.windows[start..(start + self.batch_size).min(self.windows.len())]
     }
 }
 
@@ -127,8 +166,6 @@ pub(crate) struct SequenceTask<'a> {
     sequences: UserSequences,
     /// Users with at least two train items (one input, one target).
     train_users: Vec<u32>,
-    /// Trained positions per epoch.
-    positions: usize,
     setup: RetrievalSetup,
     val: SplitRows,
     val_held_out: HeldOut,
@@ -146,7 +183,7 @@ impl<'a> SequenceTask<'a> {
         let train_users: Vec<u32> = (0..n_users as u32)
             .filter(|&u| sequences.of(u).len() >= 2)
             .collect();
-        let positions = train_users
+        let positions: usize = train_users
             .iter()
             .map(|&u| (sequences.of(u).len() - 1).min(max_len))
             .sum();
@@ -160,7 +197,7 @@ impl<'a> SequenceTask<'a> {
             )?
             .remove(0);
         tracing::info!(
-            "sequences: {} training users, {positions} positions per epoch; {} candidates, val popularity {}",
+            "sequences: {} training users, {positions} positions in their last {max_len}; {} candidates, val popularity {}",
             train_users.len(),
             setup.candidates(),
             describe(&popularity_val)
@@ -170,7 +207,6 @@ impl<'a> SequenceTask<'a> {
             inputs,
             sequences,
             train_users,
-            positions,
             setup,
             val,
             val_held_out,
@@ -329,13 +365,26 @@ impl Task for SequenceTask<'_> {
     type Buffers = SequenceBuffers;
 
     fn epoch(&self, epoch: usize) -> Result<SequenceBatches, TrainError> {
-        let mut users = self.train_users.clone();
-        let seed = derive_seed(self.config.train.seed, epoch, STREAM_SHUFFLE, 0);
-        users.shuffle(&mut StdRng::seed_from_u64(seed));
+        let sequence = &self.config.model.sequence;
+        let seed = self.config.train.seed;
+        let mut rng = StdRng::seed_from_u64(derive_seed(seed, epoch, STREAM_WINDOWS, 0));
+        let mut draw = |n: usize| rng.random_range(0..n);
+        let mut windows = Vec::with_capacity(self.train_users.len());
+        for &user in &self.train_users {
+            let len = self.sequences.of(user).len();
+            let spans = windows_of(len, sequence.max_len, sequence.windows, &mut draw);
+            windows.extend(
+                spans
+                    .into_iter()
+                    .map(|(start, end)| Window { user, start, end }),
+            );
+        }
+        let shuffle = derive_seed(seed, epoch, STREAM_SHUFFLE, 0);
+        windows.shuffle(&mut StdRng::seed_from_u64(shuffle));
         Ok(SequenceBatches {
-            users,
+            positions: windows.iter().map(Window::targets).sum(),
+            windows,
             batch_size: self.config.train.batch_size,
-            positions: self.positions,
         })
     }
 
@@ -352,15 +401,16 @@ impl Task for SequenceTask<'_> {
                 message: "the sequence tower trains through Candle only".to_string(),
             });
         };
-        let users = batches.batch(step);
+        let windows = batches.batch(step);
         let max_len = self.config.model.sequence.max_len;
-        // Inputs: every item but the last; targets: every item but the first.
-        let inputs = users.iter().map(|&u| {
-            let s = self.sequences.of(u);
-            &s[..s.len() - 1]
-        });
+        // Inputs: every item of the window but the last; targets: every item but the first.
+        let inputs = windows
+            .iter()
+            .map(|w| &self.sequences.of(w.user)[w.start..w.end - 1]);
         let padded = Padded::new(inputs, max_len);
-        let (positions, targets) = self.targets(users, &padded);
+        let (positions, targets) = self.targets(windows, &padded);
+        let users: Vec<u32> = windows.iter().map(|w| w.user).collect();
+        let users = users.as_slice();
         let (vectors, tokens) = self.catalogue(
             model,
             Mode::Train {
@@ -409,17 +459,79 @@ impl Task for SequenceTask<'_> {
 }
 
 impl SequenceTask<'_> {
-    /// The flattened positions of `padded` that have a target, and each one's target item row:
-    /// position `t` of a user's inputs predicts the item after it.
-    fn targets(&self, users: &[u32], padded: &Padded) -> (Vec<u32>, Vec<u32>) {
+    /// The flattened positions of `padded` (the windows' inputs) and each one's target item
+    /// row: input position `t` of a window predicts the item after it.
+    fn targets(&self, windows: &[Window], padded: &Padded) -> (Vec<u32>, Vec<u32>) {
         let (mut positions, mut targets) = (Vec::new(), Vec::new());
-        for (r, &u) in users.iter().enumerate() {
-            let s = self.sequences.of(u);
-            let n = (s.len() - 1).min(padded.len);
+        for (r, w) in windows.iter().enumerate() {
+            let n = w.targets();
             let first = (r + 1) * padded.len - n;
             positions.extend((first..(r + 1) * padded.len).map(|p| p as u32));
-            targets.extend_from_slice(&s[s.len() - n..]);
+            targets.extend_from_slice(&self.sequences.of(w.user)[w.start + 1..w.end]);
         }
         (positions, targets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spans(len: usize, max_len: usize, kind: SequenceWindowsKind) -> Vec<(usize, usize)> {
+        let mut next = 0;
+        let mut draw = |n: usize| {
+            next += 1;
+            (next * 7) % n
+        };
+        windows_of(len, max_len, kind, &mut draw)
+    }
+
+    #[test]
+    fn the_last_window_holds_the_newest_max_len_targets() {
+        // 10 items, 4 per window: inputs 5..9, targets 6..10.
+        assert_eq!(spans(10, 4, SequenceWindowsKind::Last), [(5, 10)]);
+        assert_eq!(spans(3, 4, SequenceWindowsKind::Last), [(0, 3)]);
+    }
+
+    #[test]
+    fn all_windows_train_every_target_exactly_once() {
+        assert_eq!(
+            spans(10, 4, SequenceWindowsKind::All),
+            [(5, 10), (1, 6), (0, 2)]
+        );
+        for len in 2..40 {
+            for max_len in 1..12 {
+                let mut seen = vec![0; len];
+                for (start, end) in spans(len, max_len, SequenceWindowsKind::All) {
+                    assert!(end - start - 1 <= max_len && end - start >= 2);
+                    (start + 1..end).for_each(|t| seen[t] += 1);
+                }
+                assert_eq!(seen[0], 0);
+                assert!(
+                    seen[1..].iter().all(|&n| n == 1),
+                    "{len} {max_len}: {seen:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_random_window_is_full_and_inside_the_sequence() {
+        let mut ends = std::collections::BTreeSet::new();
+        for draw in 0..6 {
+            let got = windows_of(10, 4, SequenceWindowsKind::Random, &mut |n| {
+                assert_eq!(n, 6);
+                draw
+            });
+            let [(start, end)] = got[..] else {
+                panic!("{got:?}")
+            };
+            assert_eq!((end - start, end <= 10), (5, true));
+            ends.insert(end);
+        }
+        // Every end from max_len + 1 to len can be drawn.
+        assert_eq!(ends.into_iter().collect::<Vec<_>>(), [5, 6, 7, 8, 9, 10]);
+        // A short sequence is one whole window.
+        assert_eq!(spans(5, 4, SequenceWindowsKind::Random), [(0, 5)]);
     }
 }
