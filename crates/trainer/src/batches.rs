@@ -57,7 +57,7 @@ impl EpochRows {
 }
 
 /// A sampler of either strategy (the sampler trait has generic methods, so no `dyn`).
-enum AnySampler {
+pub(crate) enum AnySampler {
     Uniform(UniformSampler),
     Popularity(PopularitySampler),
 }
@@ -107,7 +107,10 @@ fn sampler_error(e: SamplerError) -> TrainError {
 }
 
 /// The configured sampler over the items of `inputs` (`None` for `sampler.strategy = "none"`).
-fn build_sampler(config: &RunConfig, inputs: &Inputs) -> Result<Option<AnySampler>, TrainError> {
+pub(crate) fn build_sampler(
+    config: &RunConfig,
+    inputs: &Inputs,
+) -> Result<Option<AnySampler>, TrainError> {
     let n_items = inputs.items.rows();
     let counts = &inputs.dataset.items.train_count;
     Ok(match config.sampler.strategy {

@@ -321,7 +321,9 @@ pub enum SequenceWindowsKind {
 
 /// `[model.sequence]`: a SASRec-style user tower (`leave-last-out` / `time` only): causal
 /// self-attention over the user's last `max_len` train items, trained on every position of
-/// each user's train sequence (next-item prediction) with `loss.kind = "full_softmax"`.
+/// each user's train sequence (next-item prediction) with `loss.kind = "full_softmax"` (the whole
+/// catalogue) or `"in_batch_softmax"` (the batch's target items and `loss.shared_negatives`
+/// sampled items: a sampled softmax for catalogues too large for the full one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SequenceSection {
@@ -975,11 +977,12 @@ impl RunConfig {
         if !sequence.enabled {
             return Ok(());
         }
-        if !full {
+        if !full && self.loss.kind != LossKind::InBatchSoftmax {
             return Err(invalid(
                 "loss.kind",
                 format!("{:?}", self.loss.kind),
-                "\"full_softmax\" with model.sequence.enabled",
+                "\"full_softmax\" or \"in_batch_softmax\" (sampled: the batch's targets and \
+                 loss.shared_negatives) with model.sequence.enabled",
             ));
         }
         if !self.data.protocol.is_retrieval() {

@@ -8,6 +8,7 @@
 
 pub(crate) mod pointwise;
 pub(crate) mod retrieval;
+pub(crate) mod sampled;
 pub(crate) mod sequence;
 
 use dssm_model::Dssm;

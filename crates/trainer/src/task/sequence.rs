@@ -5,20 +5,24 @@
 //! validation item appended: exactly the queries of the retrieval task, ranked the same way.
 
 use dssm_data::Split;
-use dssm_model::{Dssm, Mode, catalogue_softmax_cross_entropy};
+use dssm_model::{Dssm, Mode, catalogue_softmax_cross_entropy, softmax_cross_entropy};
 use dssm_retrieval::{PROTOCOL_CUTOFFS, ProtocolVariant, RankingReport};
+use dssm_sampler::NegativeSampler;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
-use crate::config::{RunConfig, SequenceWindowsKind};
+use crate::batches::{AnySampler, build_sampler};
+use crate::config::{LossKind, RunConfig, SequenceWindowsKind};
 use crate::error::TrainError;
 use crate::inputs::{Inputs, SplitRows};
+use crate::logq::{ItemQ, in_batch_log_q};
 use crate::report::FinalMetrics;
 use crate::retrieval::{HeldOut, RetrievalSetup, describe};
-use crate::seeds::{STREAM_SHUFFLE, STREAM_WINDOWS, derive_seed};
+use crate::seeds::{STREAM_SHARED_NEGATIVES, STREAM_SHUFFLE, STREAM_WINDOWS, derive_seed};
 use crate::step::{StepLoss, Stepper};
 use crate::tables::{GatherBuffers, SideTable};
+use crate::task::sampled::{LocalItems, SampledColumns};
 use crate::task::{Batches, Task, Validation, record_test, retrieval_section};
 use candle_core::Tensor;
 
@@ -90,11 +94,15 @@ fn windows_of(
     }
 }
 
-/// An epoch: the training windows in a shuffled order.
+/// An epoch: the training windows in a shuffled order (and, for the sampled softmax, each
+/// step's shared negatives).
 pub(crate) struct SequenceBatches {
     windows: Vec<Window>,
     batch_size: usize,
     positions: usize,
+    /// `loss.shared_negatives` items per step, step `s` at `s * K..(s + 1) * K`.
+    shared: Vec<u32>,
+    shared_per_step: usize,
 }
 
 impl Batches for SequenceBatches {
@@ -116,6 +124,11 @@ impl SequenceBatches {
     fn batch(&self, step: usize) -> &[Window] {
         let start = step * self.batch_size;
         &self.windows[start..(start + self.batch_size).min(self.windows.len())]
+    }
+
+    fn shared_negatives(&self, step: usize) -> &[u32] {
+        let k = self.shared_per_step;
+        &self.shared[step * k..(step + 1) * k]
     }
 }
 
@@ -166,6 +179,10 @@ pub(crate) struct SequenceTask<'a> {
     sequences: UserSequences,
     /// Users with at least two train items (one input, one target).
     train_users: Vec<u32>,
+    /// `loss.kind = "in_batch_softmax"`: the shared negatives' sampler (with
+    /// `loss.shared_negatives`) and the log-Q correction's q.
+    sampler: Option<AnySampler>,
+    item_q: ItemQ,
     setup: RetrievalSetup,
     val: SplitRows,
     val_held_out: HeldOut,
@@ -187,6 +204,15 @@ impl<'a> SequenceTask<'a> {
             .iter()
             .map(|&u| (sequences.of(u).len() - 1).min(max_len))
             .sum();
+        let sampler = match config.loss.shared_negatives {
+            0 => None,
+            _ => build_sampler(config, &inputs)?,
+        };
+        let sampler_q = || {
+            let s = sampler.as_ref()?;
+            Some((0..n_items as u32).map(|i| s.probability(i)).collect())
+        };
+        let item_q = ItemQ::new(config, n_items, train.items.iter().copied(), sampler_q);
         let setup = RetrievalSetup::new(n_users, n_items, &train.users, &train.items);
         let val_held_out = setup.held_out(&val.users, &val.items);
         let popularity_val = setup
@@ -207,6 +233,8 @@ impl<'a> SequenceTask<'a> {
             inputs,
             sequences,
             train_users,
+            sampler,
+            item_q,
             setup,
             val,
             val_held_out,
@@ -234,6 +262,15 @@ impl<'a> SequenceTask<'a> {
         buffers: &mut GatherBuffers,
     ) -> Result<(Tensor, Tensor), TrainError> {
         catalogue(model, &self.inputs.items, mode, buffers)
+    }
+
+    fn item_batch(
+        &self,
+        rows: &[u32],
+        buffers: &mut GatherBuffers,
+    ) -> Result<dssm_model::SideBatch, TrainError> {
+        let (mc, device) = (&self.inputs.model_config, &self.inputs.device);
+        self.inputs.items.batch(mc, rows, buffers, device)
     }
 
     fn user_batch(
@@ -349,6 +386,14 @@ fn catalogue(
         .map_err(TrainError::model)
 }
 
+/// Rows `rows` of a `[n, D]` tensor (differentiable).
+fn select_rows(t: &Tensor, rows: &[u32]) -> Result<Tensor, TrainError> {
+    let index = Tensor::from_slice(rows, rows.len(), t.device())
+        .map_err(TrainError::tensor("indexing rows"))?;
+    t.index_select(&index, 0)
+        .map_err(TrainError::tensor("gathering rows"))
+}
+
 /// Rows `rows` of a `[n, D]` tensor, as host floats.
 fn read_rows(t: &candle_core::Tensor, rows: &[u32]) -> Result<Vec<f32>, TrainError> {
     let index = Tensor::from_slice(rows, rows.len(), t.device())
@@ -381,10 +426,27 @@ impl Task for SequenceTask<'_> {
         }
         let shuffle = derive_seed(seed, epoch, STREAM_SHUFFLE, 0);
         windows.shuffle(&mut StdRng::seed_from_u64(shuffle));
+        let batch_size = self.config.train.batch_size;
+        let shared_per_step = self.config.loss.shared_negatives;
+        let shared = match &self.sampler {
+            None => Vec::new(),
+            Some(sampler) => {
+                let seed = derive_seed(seed, epoch, STREAM_SHARED_NEGATIVES, 0);
+                let mut rng = StdRng::seed_from_u64(seed);
+                let draws = windows.len().div_ceil(batch_size) * shared_per_step;
+                (0..draws).map(|_| sampler.sample(&mut rng)).collect()
+            }
+        };
         Ok(SequenceBatches {
             positions: windows.iter().map(Window::targets).sum(),
             windows,
-            batch_size: self.config.train.batch_size,
+            batch_size,
+            shared,
+            shared_per_step: if self.sampler.is_some() {
+                shared_per_step
+            } else {
+                0
+            },
         })
     }
 
@@ -402,36 +464,28 @@ impl Task for SequenceTask<'_> {
             });
         };
         let windows = batches.batch(step);
-        let max_len = self.config.model.sequence.max_len;
         // Inputs: every item of the window but the last; targets: every item but the first.
         let inputs = windows
             .iter()
             .map(|w| &self.sequences.of(w.user)[w.start..w.end - 1]);
-        let padded = Padded::new(inputs, max_len);
+        let padded = Padded::new(inputs, self.config.model.sequence.max_len);
         let (positions, targets) = self.targets(windows, &padded);
         let users: Vec<u32> = windows.iter().map(|w| w.user).collect();
-        let users = users.as_slice();
-        let (vectors, tokens) = self.catalogue(
-            model,
-            Mode::Train {
-                seed: dropout_seed ^ 1,
-            },
-            &mut buffers.items,
-        )?;
-        let user_batch = self.user_batch(users, &mut buffers.users)?;
-        let mode = Mode::Train { seed: dropout_seed };
-        let q = model
-            .encode_sequences(&tokens, &padded.ids, padded.rows, Some(&user_batch), mode)
-            .map_err(TrainError::model)?;
-        let index = Tensor::from_slice(&positions, positions.len(), q.device())
-            .map_err(TrainError::tensor("indexing positions"))?;
-        let q = q
-            .index_select(&index, 0)
-            .map_err(TrainError::tensor("gathering positions"))?;
-        let scale = 1.0 / (self.config.loss.temperature * self.config.model.temperature);
-        catalogue_softmax_cross_entropy(&q, &vectors, &targets, scale)
-            .map(StepLoss::Graph)
-            .map_err(TrainError::tensor("computing the loss"))
+        let step_inputs = StepInputs {
+            users: self.user_batch(&users, &mut buffers.users)?,
+            padded,
+            positions,
+            targets,
+            seed: dropout_seed,
+        };
+        let loss = match self.config.loss.kind {
+            LossKind::InBatchSoftmax => {
+                let shared = batches.shared_negatives(step);
+                self.sampled_loss(model, &step_inputs, shared, &mut buffers.items)?
+            }
+            _ => self.full_loss(model, &step_inputs, &mut buffers.items)?,
+        };
+        Ok(StepLoss::Graph(loss))
     }
 
     fn validate(&self, model: &Dssm) -> Result<Validation, TrainError> {
@@ -455,6 +509,102 @@ impl Task for SequenceTask<'_> {
         let newer = crate::history::item_of_users(&rows.users, &self.val.users, &self.val.items);
         let test = self.rank(best, &held_out, Some(&newer), &ProtocolVariant::ALL)?;
         record_test(&self.setup, &held_out, test, metrics)
+    }
+}
+
+/// One step's sequences, users and targets.
+struct StepInputs {
+    users: dssm_model::SideBatch,
+    padded: Padded,
+    /// The positions of `padded` with a target, flattened, and their target item rows.
+    positions: Vec<u32>,
+    targets: Vec<u32>,
+    /// The step's dropout seed.
+    seed: u64,
+}
+
+impl StepInputs {
+    /// The query vector at every position with a target, through `tokens` (ids `ids`).
+    fn queries(&self, model: &Dssm, tokens: &Tensor, ids: &[u32]) -> Result<Tensor, TrainError> {
+        let mode = Mode::Train { seed: self.seed };
+        let rows = self.padded.rows;
+        let q = model
+            .encode_sequences(tokens, ids, rows, Some(&self.users), mode)
+            .map_err(TrainError::model)?;
+        select_rows(&q, &self.positions)
+    }
+
+    /// The item tower's mode: the same step, another dropout stream.
+    fn item_mode(&self) -> Mode {
+        Mode::Train {
+            seed: self.seed ^ 1,
+        }
+    }
+}
+
+impl SequenceTask<'_> {
+    fn scale(&self) -> f64 {
+        1.0 / (self.config.loss.temperature * self.config.model.temperature)
+    }
+
+    /// `full_softmax`: every position against the whole catalogue.
+    fn full_loss(
+        &self,
+        model: &Dssm,
+        step: &StepInputs,
+        buffers: &mut GatherBuffers,
+    ) -> Result<Tensor, TrainError> {
+        let (vectors, tokens) = self.catalogue(model, step.item_mode(), buffers)?;
+        let q = step.queries(model, &tokens, &step.padded.ids)?;
+        catalogue_softmax_cross_entropy(&q, &vectors, &step.targets, self.scale())
+            .map_err(TrainError::tensor("computing the loss"))
+    }
+
+    /// `in_batch_softmax`: every position against the step's targets and shared negatives (see
+    /// [`crate::task::sampled`]); only the items the step reads go through the item tower.
+    fn sampled_loss(
+        &self,
+        model: &Dssm,
+        step: &StepInputs,
+        shared: &[u32],
+        buffers: &mut GatherBuffers,
+    ) -> Result<Tensor, TrainError> {
+        let columns = SampledColumns::new(&step.targets, shared);
+        let inputs = step
+            .padded
+            .ids
+            .iter()
+            .filter(|&&id| id != 0)
+            .map(|&id| id - 1);
+        let needed = LocalItems::new(inputs.chain(columns.items.rows().iter().copied()));
+        let batch = self.item_batch(needed.rows(), buffers)?;
+        let (vectors, tokens) = model
+            .sequence_items(&batch, step.item_mode())
+            .map_err(TrainError::model)?;
+        let q = step.queries(model, &tokens, &needed.remap_ids(&step.padded.ids))?;
+        let column_rows = columns.items.rows();
+        let local: Vec<u32> = column_rows.iter().map(|&r| needed.local(r)).collect();
+        let column_vectors = select_rows(&vectors, &local)?;
+        let ln_q = in_batch_log_q(&self.item_q, step.positions.len(), shared.len());
+        let offsets = ln_q
+            .map(|ln_q| {
+                let values: Vec<f32> = column_rows.iter().map(|&r| ln_q(r)).collect();
+                Tensor::from_vec(values, column_rows.len(), q.device())
+            })
+            .transpose()
+            .map_err(TrainError::tensor("building log-Q"))?;
+        let scores = column_vectors
+            .t()
+            .and_then(|v| q.matmul(&v))
+            .map_err(TrainError::tensor("scoring the columns"))?;
+        softmax_cross_entropy(
+            &scores,
+            self.scale(),
+            offsets.as_ref(),
+            &[],
+            &columns.targets,
+        )
+        .map_err(TrainError::tensor("computing the loss"))
     }
 }
 

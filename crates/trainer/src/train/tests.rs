@@ -971,7 +971,7 @@ fn the_sequence_task_learns_next_items_resumes_identically_and_checks_its_config
             .to_string();
         assert!(message.contains(key), "{key}: {message}");
     };
-    refused(&|c| c.loss.kind = LossKind::InBatchSoftmax, "loss.kind");
+    refused(&|c| c.loss.kind = LossKind::Bce, "loss.kind");
     refused(&|c| c.model.sequence.enabled = false, "loss.kind");
     refused(&|c| c.features.history_len = 3, "features.history_len");
     refused(&|c| c.model.sequence.heads = 3, "heads");
@@ -979,4 +979,74 @@ fn the_sequence_task_learns_next_items_resumes_identically_and_checks_its_config
         &|c| c.train.engine = crate::config::EngineKind::Fused,
         "train.engine",
     );
+}
+
+/// `sequence_config` with the sampled softmax: the batch's targets and `shared` negatives.
+fn sampled_sequence_config(data: &Path, out: &Path, shared: usize) -> RunConfig {
+    let mut config = sequence_config(data, out);
+    config.loss.kind = LossKind::InBatchSoftmax;
+    config.loss.shared_negatives = shared;
+    config.sampler.strategy = crate::config::SamplerStrategy::Uniform;
+    config
+}
+
+#[test]
+fn the_sampled_sequence_softmax_is_the_full_one_when_its_columns_cover_the_catalogue() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = leave_last_out_dataset(dir.path());
+    let first_loss = |config: &mut RunConfig| {
+        config.train.epochs = 1;
+        train(config, &TrainOptions::default()).unwrap().epochs[0].train_loss
+    };
+    let full = first_loss(&mut sequence_config(&data, &dir.path().join("full")));
+    // 6,000 uniform draws per step cover all 300 items: the same columns, the same loss.
+    let covered = first_loss(&mut sampled_sequence_config(
+        &data,
+        &dir.path().join("all"),
+        6000,
+    ));
+    assert!((full - covered).abs() < 1e-4 * full, "{full} vs {covered}");
+    // With a few negatives the softmax runs over fewer columns: a smaller loss.
+    let few = first_loss(&mut sampled_sequence_config(
+        &data,
+        &dir.path().join("few"),
+        4,
+    ));
+    assert!(few < full - 0.05, "{few} vs {full}");
+}
+
+#[test]
+fn the_sampled_sequence_softmax_with_log_q_and_all_windows_learns_and_resumes_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = leave_last_out_dataset(dir.path());
+    let mut config = sampled_sequence_config(&data, &dir.path().join("sampled"), 16);
+    config.sampler.strategy = crate::config::SamplerStrategy::Popularity;
+    config.loss.logq_correction = true;
+    config.model.sequence.windows = crate::config::SequenceWindowsKind::All;
+    let (straight, _) = straight_and_resumed(&config, |_| 2, |_| {});
+    let retrieval = straight.metrics.retrieval.as_ref().unwrap();
+    let random = 50.0 / retrieval.candidates as f64;
+    let val = hr(retrieval.val.as_ref().unwrap(), 50);
+    assert!(val > 2.0 * random, "val HR@50 {val}, random {random}");
+    // `all` trains every train position each epoch: each user's items after the first.
+    let train = crate::inputs::open_dataset(&data, crate::config::Protocol::LeaveLastOut)
+        .unwrap()
+        .interactions(Split::Train)
+        .unwrap();
+    let mut per_user = std::collections::HashMap::<u32, usize>::new();
+    train
+        .user_row
+        .iter()
+        .for_each(|&u| *per_user.entry(u).or_default() += 1);
+    let positions: usize = per_user.values().map(|&n| n.saturating_sub(1)).sum();
+    assert!(straight.epochs.iter().all(|e| e.train_rows == positions));
+    let last = train_rows_of(&sequence_config(&data, &dir.path().join("last")));
+    assert!(last < positions, "{last} of {positions}");
+}
+
+/// The positions the first epoch of `config` trains.
+fn train_rows_of(config: &RunConfig) -> usize {
+    let mut config = config.clone();
+    config.train.epochs = 1;
+    train(&config, &TrainOptions::default()).unwrap().epochs[0].train_rows
 }
