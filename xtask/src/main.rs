@@ -29,7 +29,7 @@ const DSSM_STEPS: &[(&str, &str)] = &[
     ),
     (
         "recommend",
-        "top-K items for a user by key (or a new user described by features)",
+        "top-K items for a user by key (or a new user by features), optionally after --recent items",
     ),
     (
         "evaluate-retrieval",

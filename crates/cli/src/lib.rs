@@ -48,7 +48,7 @@ pub enum Command {
     /// Rank each user's held-out movie among all movies in train (protocol leave-last-out): HR, NDCG and
     /// MRR at 10/20/50/100, unmasked and masked, beside the popularity baseline.
     EvaluateRetrieval(EvaluateRetrievalArgs),
-    /// Top-K movies for a known user (by id) or a new one (gender, age, occupation).
+    /// Top-K movies for a known user (by id) or a new one (features), after recent movies if given.
     Recommend(RecommendArgs),
     /// Serve a run over HTTP: recommendations for known and new users (the user tower per request),
     /// user vectors, similar items, health, metrics, a page to try it; reload and graceful shutdown.

@@ -75,14 +75,18 @@ impl From<SplitArg> for Split {
 
 /// Options of `dssm recommend`.
 #[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("seen").args(["user", "recent"]).multiple(true)))]
 #[command(
     after_help = "A known user is looked up by key (MovieLens: the user id; your own data: the \
     user column's value). A new user is described by features: `--feature NAME=VALUE` for any \
     user feature (or its source column, e.g. zip_code=48067 for the zip prefix), or MovieLens's \
     --gender, --age and --occupation; every feature not given is unknown to the model. \
-    Candidates are the items seen in train.\n\nExamples:\n  \
+    --recent gives the movies the user watched lately (a known or a new user; alone, a new user \
+    without features). Candidates are the items seen in train.\n\nExamples:\n  \
     dssm recommend --run runs/quickstart --user 42 --exclude-seen\n  \
     dssm recommend --run runs/quickstart --gender F --age 25 --occupation 4 -k 20\n  \
+    dssm recommend --run runs/sequence --user 42 --recent 1193,661   # 661 watched last\n  \
+    dssm recommend --run runs/sequence --recent 1193,661,2355 --exclude-seen\n  \
     dssm recommend --run runs/shop --feature segment=student --feature country=FR\n  \
     dssm recommend --run runs/quickstart --user 42 --index hnsw   # approximate search"
 )]
@@ -94,7 +98,7 @@ pub struct RecommendArgs {
     #[arg(
         long,
         value_name = "KEY",
-        required_unless_present_any = ["gender", "feature"],
+        required_unless_present_any = ["gender", "feature", "recent"],
         conflicts_with_all = ["gender", "age", "occupation", "feature"]
     )]
     pub user: Option<String>,
@@ -110,11 +114,20 @@ pub struct RecommendArgs {
     /// A new user's occupation code (MovieLens-1M: 0 to 20).
     #[arg(long, value_name = "N", requires_all = ["gender", "age"], help_heading = "New user")]
     pub occupation: Option<u32>,
+    /// Movie ids the user watched lately, comma-separated, oldest first, newest last.
+    ///
+    /// A model with history features reads the newest of them in place of a known user's own
+    /// history; a sequence tower reads them after a known user's train and validation items (a
+    /// new user: these alone), the newest `max_len` of the sequence; another model ignores them
+    /// (with a note). Ids not in the catalogue are an error naming them.
+    #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
+    pub recent: Vec<u32>,
     /// How many items to show.
     #[arg(short = 'k', long = "top", default_value_t = 10)]
     pub k: usize,
-    /// Hide every item the user has interacted with (train, val and test). A new user has none.
-    #[arg(long, conflicts_with_all = ["gender", "feature"])]
+    /// Hide every item the user has interacted with: a known user's train, val and test items,
+    /// a new user's --recent items.
+    #[arg(long, requires = "seen")]
     pub exclude_seen: bool,
     /// Exact search, or an HNSW graph built over the item embeddings (approximate).
     #[arg(long, value_enum, default_value_t = IndexArg::Exact)]
@@ -249,8 +262,13 @@ pub fn recommend(args: &RecommendArgs) -> Result<()> {
     let config = recommender.run().model.config();
     println!("run          {}", recommender.run_dir().display());
     println!("user         {}", describe_user(&recommender, args)?);
+    if !args.recent.is_empty() {
+        let ids: Vec<String> = args.recent.iter().map(u32::to_string).collect();
+        println!("recent       {} (oldest first)", ids.join(", "));
+    }
     let hidden = match (&args.user, args.exclude_seen) {
         (Some(key), true) => format!(", {} seen items hidden", recommender.seen(key)?.len()),
+        (None, true) => format!(", {} recent items hidden", found.hidden),
         _ => String::new(),
     };
     println!(
@@ -286,10 +304,18 @@ fn recommendations(args: &RecommendArgs) -> Result<(Recommender, Recommendation)
     };
     let mut query = Query::new(user, args.k.min(dssm_recommend::MAX_K));
     query.exclude_seen = args.exclude_seen;
+    query.recent_items = args.recent.clone();
     let found = recommender.recommend(&query).map_err(|error| match error {
         dssm_recommend::Error::UnknownUser { .. } => anyhow::anyhow!(
             "{error}; with the command line: --feature NAME=VALUE (MovieLens: --gender, --age and \
              --occupation)"
+        ),
+        dssm_recommend::Error::UnknownItems {
+            field: "recent_items",
+            ..
+        } => anyhow::anyhow!(
+            "{}",
+            error.to_string().replacen("recent_items", "--recent", 1)
         ),
         other => other.into(),
     })?;
@@ -308,6 +334,9 @@ fn describe_user(recommender: &Recommender, args: &RecommendArgs) -> Result<Stri
             .iter()
             .map(|(n, v)| format!("{n} {v}"))
             .collect();
+        if described.is_empty() {
+            return Ok("new (no features)".to_string());
+        }
         return Ok(format!("new ({})", described.join(", ")));
     };
     let user = recommender.user(key)?;
@@ -459,6 +488,23 @@ mod tests {
             }))
         ));
         assert!(parse(&["recommend", "--run", "r"]).is_err());
+        // --recent: comma-separated, in the order given (oldest first), for a known or new user.
+        assert!(matches!(
+            parse(&["recommend", "--run", "r", "--recent", "1193,661,2355"]),
+            Ok(crate::Command::Recommend(RecommendArgs { user: None, ref recent, .. }))
+                if recent == &[1193, 661, 2355]
+        ));
+        assert!(matches!(
+            parse(&["recommend", "--run", "r", "--user", "3", "--recent", "5,1", "--exclude-seen"]),
+            Ok(crate::Command::Recommend(RecommendArgs { user: Some(_), ref recent, exclude_seen: true, .. }))
+                if recent == &[5, 1]
+        ));
+        assert!(matches!(
+            parse(&["recommend", "--run", "r", "--feature", "age=25", "--recent", "7", "--exclude-seen"]),
+            Ok(crate::Command::Recommend(RecommendArgs { ref recent, exclude_seen: true, .. }))
+                if recent == &[7]
+        ));
+        assert!(parse(&["recommend", "--run", "r", "--recent", "1,x"]).is_err());
         assert!(parse(&["recommend", "--run", "r", "--gender", "F"]).is_err());
         assert!(parse(&["recommend", "--run", "r", "--user", "3", "--gender", "F"]).is_err());
         assert!(
@@ -653,6 +699,27 @@ dir = {run:?}
         assert!(new_user.iter().all(|id| candidates.contains(id)));
         let distinct: std::collections::HashSet<_> = new_user.iter().collect();
         assert_eq!(distinct.len(), 10);
+        // --recent reaches the query: with --exclude-seen, a new user's recent items are hidden.
+        let recent = format!("{},{}", candidates[4], candidates[1]);
+        let without = top(&["--recent", &recent, "--exclude-seen", "-k", &all]);
+        assert_eq!(without.len(), candidates.len() - 2);
+        assert!(!without.contains(&candidates[4]) && !without.contains(&candidates[1]));
+        let known = top(&["--user", "3", "--recent", &recent, "-k", "5"]);
+        assert_eq!(known.len(), 5);
+        let unknown = RecommendArgs {
+            run: run.clone(),
+            user: Some("3".into()),
+            feature: Vec::new(),
+            gender: None,
+            age: None,
+            occupation: None,
+            recent: vec![candidates[0], 99_998, 99_999],
+            k: 10,
+            exclude_seen: false,
+            index: IndexArg::Exact,
+        };
+        let error = recommend(&unknown).unwrap_err().to_string();
+        assert_eq!(error, "--recent: unknown movie id(s) 99998, 99999");
         let error = recommend(&RecommendArgs {
             run: run.clone(),
             user: Some("99999".into()),
@@ -660,6 +727,7 @@ dir = {run:?}
             gender: None,
             age: None,
             occupation: None,
+            recent: Vec::new(),
             k: 10,
             exclude_seen: false,
             index: IndexArg::Exact,

@@ -1,10 +1,11 @@
 //! From a user's description to the user tower's input: feature values through the train-fitted
 //! vocabularies, recent items through the history encoding of `dssm-trainer`.
 //!
-//! The history features (`history`, `recent`: `features.history_len`, `features.recent_len`) hold
-//! item-table rows + 1, most recent first, padded with 0; `recent` is the first `recent_len` of
-//! `history`. This mirrors `dssm-trainer`'s private `history` module (its public API does not
-//! expose the encoding), and `tests/` check the two agree on known users.
+//! Recent items come oldest first, newest last (the order of `Query::recent_items`). The history
+//! features (`history`, `recent`: `features.history_len`, `features.recent_len`) hold the newest
+//! `max_len` of them as item-table rows + 1, newest first, padded with 0: `recent` is the first
+//! `recent_len` of `history`. This mirrors `dssm-trainer`'s private `history` module (its public
+//! API does not expose the encoding), and `tests/` check the two agree on known users.
 
 use dssm_data::{FeatureValues, UserTable, Vocabularies, Vocabulary};
 use dssm_model::{FeatureKind, FeatureSpec, HostColumn};
@@ -46,7 +47,7 @@ pub(crate) fn is_history(spec: &FeatureSpec) -> bool {
 /// Encodes a new user for the model's user features (`specs`, in config order): each given
 /// `(name, value)` names a feature or its source column (e.g. `zip_code` for `zip_prefix`) and is
 /// encoded through the train-fitted vocabulary (buckets, hash, prefix, standardisation); the
-/// history features come from `recent` (item rows + 1, most recent first); every other feature is
+/// history features come from `recent` (item rows + 1, oldest first); every other feature is
 /// the unknown index 0 (all-padding for a multi-valued feature, zeros for a dense one).
 pub(crate) fn encode_new_user(
     specs: &[FeatureSpec],
@@ -93,7 +94,7 @@ pub(crate) fn encode_new_user(
 }
 
 /// A known user's stored features (users-table row `row`), with the history features from
-/// `recent` (item rows + 1, most recent first).
+/// `recent` (item rows + 1, oldest first).
 pub(crate) fn encode_known_user(
     specs: &[FeatureSpec],
     users: &UserTable,
@@ -123,12 +124,13 @@ pub(crate) fn encode_known_user(
         .collect()
 }
 
-/// The first `max_len` of `recent` (history ids), padded with 0.
+/// The newest `max_len` of `recent` (history ids, oldest first), newest first as the trainer's
+/// history features hold them, padded with 0.
 fn history_column(spec: &FeatureSpec, recent: &[u32]) -> UserColumn {
     let FeatureKind::MultiCategorical { max_len, .. } = spec.kind else {
         return unknown_column(spec);
     };
-    let mut ids: Vec<u32> = recent.iter().copied().take(max_len).collect();
+    let mut ids: Vec<u32> = recent.iter().rev().copied().take(max_len).collect();
     ids.resize(max_len, 0);
     UserColumn::Ids(ids)
 }
@@ -334,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn recent_items_fill_the_history_features_most_recent_first() {
+    fn the_newest_recent_items_fill_the_history_features_newest_first() {
         let multi = |name: &str, max_len| FeatureSpec {
             name: name.into(),
             side: Side::User,
@@ -350,7 +352,8 @@ mod tests {
             multi(HISTORY_FEATURE, 3),
             multi(RECENT_FEATURE, 1),
         ];
-        let encoded = encode_new_user(&specs, &[], &[7, 2, 9, 4], &tiny_vocabularies());
+        // Given oldest first: 4 is the oldest, 7 the newest.
+        let encoded = encode_new_user(&specs, &[], &[4, 9, 2, 7], &tiny_vocabularies());
         assert_eq!(
             encoded.columns,
             [

@@ -5,10 +5,12 @@
 //! every known user (as a test query would see them) and builds an exact or HNSW index over the
 //! candidates (items with a train interaction). Then it answers:
 //!
-//! - a known user by key ([`User::Known`]): the precomputed vector, or, with `recent_items`, the
-//!   user tower run on the stored features and those items;
+//! - a known user by key ([`User::Known`]): the precomputed vector, or, with `recent_items`
+//!   (oldest first, newest last), the user tower run on the stored features and those items (a
+//!   sequence tower: after the user's own train and validation items);
 //! - a new user by features ([`User::New`]) and optional recent items: the user tower
-//!   (`Mode::Eval`) on one row;
+//!   (`Mode::Eval`) on one row (a sequence tower: over the recent items alone, through the
+//!   token table computed at load);
 //! - exclusions (seen items, given ids), item-to-item similarity, the user vector itself, and the
 //!   `leave-last-out` evaluation and the Parquet export of the run.
 //!

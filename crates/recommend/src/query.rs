@@ -28,9 +28,12 @@ pub enum User {
 pub struct Query {
     /// The user.
     pub user: User,
-    /// Movie ids the user interacted with lately, most recent first: the model's history
-    /// features (when it has them) are computed from these. Empty: a known user's own history
-    /// (the precomputed embedding), none for a new user.
+    /// Movie ids the user interacted with lately, in time order: oldest first, newest last.
+    /// With history features, those features are the newest of these (in place of a known
+    /// user's own history); with a sequence tower, they follow a known user's test-time sequence
+    /// (train items, then the validation item) or are a new user's whole sequence, of which the
+    /// newest `max_len` are read. Empty: a known user's own history (the precomputed embedding),
+    /// none for a new user. Ids not in the catalogue are an error naming them.
     pub recent_items: Vec<u32>,
     /// How many items to return, `1..=MAX_K`.
     pub k: usize,

@@ -8,7 +8,7 @@ use dssm_model::{FeatureSpec, Mode, Side, SideBatch, Similarity};
 use dssm_retrieval::{
     EmbeddingMatrix, ExactIndex, Exclusions, HnswConfig, HnswIndex, MatrixView, ScoredItem, TopK,
 };
-use dssm_trainer::{LoadedRun, load_run};
+use dssm_trainer::{LoadedRun, SequenceEncoder, load_run};
 
 use crate::encode::{UserColumn, accepted_names, encode_known_user, encode_new_user, is_history};
 use crate::error::{Error, Result};
@@ -54,6 +54,9 @@ pub struct Recommender {
     accepted: Vec<String>,
     uses_history: bool,
     cosine: bool,
+    /// The sequence tower ready per request (its token table computed at load), for a sequence
+    /// run.
+    sequence: Option<SequenceEncoder>,
     /// One row per users-table row (ids = user ids).
     pub(crate) users: EmbeddingMatrix,
     /// One row per items-table row (ids = movie ids).
@@ -127,7 +130,8 @@ pub struct UserView<'a> {
     pub key: &'a str,
     /// The display columns (MovieLens: gender, age, occupation, zip_code).
     pub attributes: Vec<(&'a str, Option<&'a str>)>,
-    /// Movie ids of every interaction, most recent first.
+    /// Movie ids of every interaction, most recent first (for display: [`Query::recent_items`]
+    /// are oldest first).
     pub recent: Vec<u32>,
 }
 
@@ -140,16 +144,21 @@ impl Recommender {
             source,
         })?;
         let (users, items) = tower_outputs(&loaded)?;
+        let sequence = loaded.sequence_encoder().map_err(|source| Error::Load {
+            path: run_dir.to_path_buf(),
+            source,
+        })?;
         let candidates = crate::run::candidate_matrix(&items, &loaded.dataset.items.train_count)?;
         let index: Box<dyn TopK + Send + Sync> = match index_kind {
             IndexKind::Exact => Box::new(ExactIndex::new(candidates)),
             IndexKind::Hnsw(config) => Box::new(HnswIndex::build(candidates, config)?),
         };
-        Self::assemble(loaded, users, items, index, index_kind)
+        Self::assemble(loaded, sequence, users, items, index, index_kind)
     }
 
     fn assemble(
         loaded: LoadedRun,
+        sequence: Option<SequenceEncoder>,
         users: EmbeddingMatrix,
         items: EmbeddingMatrix,
         index: Box<dyn TopK + Send + Sync>,
@@ -163,8 +172,9 @@ impl Recommender {
         Ok(Self {
             model_id: checkpoint_id(&loaded.run_dir),
             index_kind,
-            uses_history: user_specs.iter().any(is_history),
+            uses_history: sequence.is_some() || user_specs.iter().any(is_history),
             cosine: config.similarity == Similarity::Cosine,
+            sequence,
             accepted,
             user_specs,
             user_rows: (dataset.users.key.iter().cloned().zip(0..)).collect(),
@@ -216,7 +226,8 @@ impl Recommender {
         self.cosine
     }
 
-    /// True when the user tower has history features, so `recent_items` changes the answer.
+    /// True when the user tower reads the user's items (history features, or a sequence tower),
+    /// so `recent_items` changes the answer.
     pub fn uses_history(&self) -> bool {
         self.uses_history
     }
@@ -281,12 +292,14 @@ impl Recommender {
         Ok(&self.seen[self.user_row(key)?])
     }
 
-    /// The history a test query of a known user sees: every interaction but the test ones, most
-    /// recent first. `recent_items` equal to this give the precomputed embedding.
+    /// The history a test query of a known user sees: every interaction but the test ones,
+    /// oldest first, newest last (the order of [`Query::recent_items`]). For a model with
+    /// history features, `recent_items` equal to this give the precomputed embedding.
     pub fn history(&self, key: &str) -> Result<Vec<u32>> {
         let row = self.user_row(key)?;
         Ok(self.timeline[row]
             .iter()
+            .rev()
             .filter(|&&(_, split)| split != Split::Test)
             .map(|&(id, _)| id)
             .collect())
@@ -370,18 +383,13 @@ impl Recommender {
     }
 
     /// The query's vector (normalised for a cosine model) and the notes of its encoding.
+    ///
+    /// A known user without recent items (or of a model that reads no items) is the precomputed
+    /// vector. Otherwise the user tower runs on one row: with history features, those features
+    /// from `recent_items` alone; with a sequence tower, over the user's test-time sequence (a
+    /// known user's train items then validation item; none for a new user) followed by
+    /// `recent_items`. The user features are the stored ones (known) or the given ones (new).
     fn query_vector(&self, query: &Query) -> Result<(Vec<f32>, Vec<String>)> {
-        let sequence_model = self.loaded.model.config().sequence.is_some();
-        let needs_tower = matches!(query.user, User::New(_)) || !query.recent_items.is_empty();
-        if sequence_model && needs_tower {
-            return Err(Error::Invalid {
-                field: "recent_items",
-                message: "this run's user tower is a sequence tower: known users are served \
-                          (their train and validation items), new users and recent items are not \
-                          yet"
-                .to_string(),
-            });
-        }
         let mut notes = Vec::new();
         if !query.recent_items.is_empty() && !self.uses_history {
             notes.push(
@@ -389,53 +397,98 @@ impl Recommender {
                     .to_string(),
             );
         }
+        // Item-table rows of the recent items, oldest first.
         let recent: Vec<u32> = query
             .recent_items
             .iter()
-            .map(|id| self.item_rows[id] as u32 + 1)
+            .map(|id| self.item_rows[id] as u32)
             .collect();
-        let columns = match &query.user {
-            User::Known(key) => {
+        if let User::Known(key) = &query.user
+            && (recent.is_empty() || !self.uses_history)
+        {
+            return Ok((self.users.row(self.user_row(key)?).to_vec(), notes));
+        }
+        let model = &self.loaded.model;
+        let vector = match (&self.sequence, &query.user) {
+            (Some(encoder), User::Known(key)) => {
                 let row = self.user_row(key)?;
-                if recent.is_empty() || !self.uses_history {
-                    return Ok((self.users.row(row).to_vec(), notes));
-                }
+                let mut sequence = encoder.sequence(row as u32);
+                sequence.extend_from_slice(&recent);
+                let users = encoder.user_batch(model, row as u32)?;
+                encoder.encode(model, &users, &sequence)?
+            }
+            (Some(encoder), User::New(given)) => {
+                let encoded = self.encode_new(given, &[], &mut notes);
+                encoder.encode(model, &self.user_batch(&encoded)?, &recent)?
+            }
+            (None, User::Known(key)) => {
+                let row = self.user_row(key)?;
                 let users = &self.loaded.dataset.users;
-                encode_known_user(&self.user_specs, users, row, &recent).map_err(|message| {
-                    Error::Run {
+                let history = history_ids(&recent);
+                let columns = encode_known_user(&self.user_specs, users, row, &history).map_err(
+                    |message| Error::Run {
                         path: self.loaded.dataset.dir.clone(),
                         message,
-                    }
-                })?
+                    },
+                )?;
+                self.tower(&columns)?
             }
-            User::New(given) => {
-                let encoded = encode_new_user(
-                    &self.user_specs,
-                    given,
-                    &recent,
-                    &self.loaded.dataset.vocabularies,
-                );
-                notes.extend(encoded.notes);
-                encoded.columns
+            (None, User::New(given)) => {
+                let columns = self.encode_new(given, &history_ids(&recent), &mut notes);
+                self.tower(&columns)?
             }
         };
-        Ok((self.tower(&columns)?, notes))
+        Ok((self.normalized_vector(vector), notes))
+    }
+
+    /// A new user's columns (`history`: history ids, oldest first), its notes added to `notes`.
+    fn encode_new(
+        &self,
+        given: &[(String, String)],
+        history: &[u32],
+        notes: &mut Vec<String>,
+    ) -> Vec<UserColumn> {
+        let encoded = encode_new_user(
+            &self.user_specs,
+            given,
+            history,
+            &self.loaded.dataset.vocabularies,
+        );
+        notes.extend(encoded.notes);
+        encoded.columns
+    }
+
+    /// One row of user columns as a user batch.
+    fn user_batch(&self, columns: &[UserColumn]) -> Result<SideBatch> {
+        let model = &self.loaded.model;
+        let host: Vec<_> = columns.iter().map(UserColumn::host).collect();
+        Ok(SideBatch::from_host(
+            model.config(),
+            Side::User,
+            1,
+            &host,
+            model.device(),
+        )?)
     }
 
     /// One row through the user tower (`Mode::Eval`).
     fn tower(&self, columns: &[UserColumn]) -> Result<Vec<f32>> {
-        let model = &self.loaded.model;
-        let host: Vec<_> = columns.iter().map(UserColumn::host).collect();
-        let batch = SideBatch::from_host(model.config(), Side::User, 1, &host, model.device())?;
-        let embedded = model.encode_users(&batch, Mode::Eval)?;
-        let mut vector = embedded
+        let embedded = self
+            .loaded
+            .model
+            .encode_users(&self.user_batch(columns)?, Mode::Eval)?;
+        Ok(embedded
             .flatten_all()?
             .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?;
+            .to_vec1::<f32>()?)
+    }
+
+    /// `vector` L2-normalised for a cosine model, as the stored vectors are.
+    fn normalized_vector(&self, mut vector: Vec<f32>) -> Vec<f32> {
         if self.cosine {
             l2_normalize_rows(&mut vector, self.dim());
         }
-        Ok(vector)
+        vector
     }
 
     fn user_row(&self, key: &str) -> Result<usize> {
@@ -469,6 +522,11 @@ impl Recommender {
         self.index_kind = index_kind;
         Ok(self)
     }
+}
+
+/// The history features' ids of item rows: row + 1 (0 is padding).
+fn history_ids(rows: &[u32]) -> Vec<u32> {
+    rows.iter().map(|&row| row + 1).collect()
 }
 
 fn check_k(k: usize) -> Result<()> {

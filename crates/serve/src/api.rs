@@ -26,6 +26,7 @@ pub(crate) struct Snapshot(pub(crate) Arc<Recommender>);
 pub(crate) struct QueryBody {
     user_id: Option<UserKey>,
     features: Option<Map<String, Value>>,
+    /// Movie ids, oldest first, newest last ([`Query::recent_items`]).
     #[serde(default)]
     recent_items: Vec<u32>,
     #[serde(default = "default_k")]
@@ -348,7 +349,8 @@ pub(crate) struct UserParams {
     recent: usize,
 }
 
-/// `GET /v1/users/{user_id}`: a known user's display columns and last interactions.
+/// `GET /v1/users/{user_id}`: a known user's display columns and last interactions (newest
+/// first, for display; a query's `recent_items` are oldest first).
 pub(crate) async fn user(
     Extension(Snapshot(recommender)): Extension<Snapshot>,
     PathParam(key): PathParam<String>,

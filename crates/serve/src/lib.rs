@@ -4,7 +4,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /v1/recommend` | `{"user_id": 42, "k": 10, "exclude_seen": true}` or `{"features": {...}, "recent_items": [...], "k": 10, "exclude": [...]}` -> `{"model_id", "items": [{"movie_id", "title", "year", "genres", "score"}], "notes", "took_ms"}` |
+//! | `POST /v1/recommend` | `{"user_id": 42, "k": 10, "exclude_seen": true}` or `{"features": {...}, "recent_items": [...], "k": 10, "exclude": [...]}` (`recent_items` oldest first, newest last) -> `{"model_id", "items": [{"movie_id", "title", "year", "genres", "score"}], "notes", "took_ms"}` |
 //! | `POST /v1/user-embedding` | the same query -> `{"model_id", "dim", "normalized", "embedding", "notes", "took_ms"}` |
 //! | `GET /v1/items/{movie_id}/similar?k=10` | item-to-item |
 //! | `GET /v1/items/{movie_id}`, `GET /v1/items?q=TEXT` | item metadata, search by title |

@@ -57,16 +57,18 @@ async fn every_endpoint_answers_as_the_library_does() {
     assert!(ids(&answer).iter().all(|id| !seen.contains(&(*id as u32))));
 
     // A new user by features and recent items; the recent items move the answer.
-    let recent: Vec<u32> = library.history(&key).unwrap().into_iter().take(3).collect();
+    // The user's three newest items, oldest first.
+    let history = library.history(&key).unwrap();
+    let recent: Vec<u32> = history[history.len() - 3..].to_vec();
     let new_user = json!({
         "features": {"gender": "F", "age": 25, "occupation": 4, "zip_code": "48067"},
-        "recent_items": recent, "k": 10, "exclude": [recent[0]]
+        "recent_items": recent, "k": 10, "exclude": [recent[2]]
     });
     let answer = server.post("/v1/recommend", &new_user.to_string()).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     let with_recent = ids(&answer.json());
     assert_eq!(with_recent.len(), 10);
-    assert!(!with_recent.contains(&u64::from(recent[0])));
+    assert!(!with_recent.contains(&u64::from(recent[2])));
     let no_recent = json!({"features": {"gender": "F", "age": 25}, "k": 10});
     let answer = server
         .post("/v1/recommend", &no_recent.to_string())
@@ -162,6 +164,86 @@ async fn every_endpoint_answers_as_the_library_does() {
     ] {
         assert!(text.contains(&line), "{line} missing from\n{text}");
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_run_answers_recent_items_for_known_and_new_users() {
+    let runs = runs();
+    let library = Recommender::load(&runs.sequence, IndexKind::Exact).unwrap();
+    let server = Running::start(&runs.sequence, |_| {}).await;
+    let key = library.user_keys()[3].clone();
+    let health = server.get("/health").await.json();
+    assert_eq!(health["uses_history"], true);
+    let candidates: Vec<u32> = library
+        .search_items("", 1000)
+        .iter()
+        .filter(|item| item.train_count() > 0)
+        .map(|item| item.id())
+        .collect();
+    let recent = vec![candidates[5], candidates[9]];
+
+    // A known user with recent items, and a new one (features and recent items, or recent items
+    // alone): 200 with the library's items and vector.
+    let known = json!({"user_id": key, "recent_items": recent, "k": 6});
+    let new_user =
+        json!({"features": {"gender": "M"}, "recent_items": recent, "k": 6, "exclude_seen": true});
+    let recent_only = json!({"recent_items": recent, "k": 6});
+    let mut known_query = Query::new(User::Known(key.clone()), 6);
+    known_query.recent_items = recent.clone();
+    let mut new_query = Query::new(User::New(vec![("gender".into(), "M".into())]), 6);
+    new_query.recent_items = recent.clone();
+    new_query.exclude_seen = true;
+    let mut only_query = Query::new(User::New(Vec::new()), 6);
+    only_query.recent_items = recent.clone();
+    for (body, query) in [
+        (&known, &known_query),
+        (&new_user, &new_query),
+        (&recent_only, &only_query),
+    ] {
+        let answer = server.post("/v1/recommend", &body.to_string()).await;
+        assert_eq!(answer.status, 200, "{body}: {}", answer.text());
+        let expected = library.recommend(query).unwrap();
+        let expected: Vec<u64> = expected.items.iter().map(|s| u64::from(s.id)).collect();
+        assert_eq!(ids(&answer.json()), expected, "{body}");
+        assert_eq!(expected.len(), 6);
+        let answer = server.post("/v1/user-embedding", &body.to_string()).await;
+        assert_eq!(answer.status, 200, "{body}: {}", answer.text());
+        let vector: Vec<f32> = serde_json::from_value(answer.json()["embedding"].clone()).unwrap();
+        assert_eq!(vector, library.user_vector(query).unwrap().vector, "{body}");
+    }
+    let answer = server
+        .post("/v1/recommend", &new_user.to_string())
+        .await
+        .json();
+    assert!(
+        ids(&answer)
+            .iter()
+            .all(|id| !recent.contains(&(*id as u32)))
+    );
+    // The recent items move a known user's answer.
+    let plain = server
+        .post("/v1/user-embedding", &json!({"user_id": key}).to_string())
+        .await
+        .json();
+    let moved = server
+        .post("/v1/user-embedding", &known.to_string())
+        .await
+        .json();
+    assert_ne!(plain["embedding"], moved["embedding"]);
+
+    // Unknown recent ids are still a 400 naming them.
+    let bad = json!({"user_id": key, "recent_items": [recent[0], 999_997]});
+    let answer = server.post("/v1/recommend", &bad.to_string()).await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(
+        answer.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("recent_items: unknown movie id(s) 999997"),
+        "{}",
+        answer.text()
+    );
     server.stop().await;
 }
 
@@ -573,7 +655,9 @@ async fn the_page_renders_recommendations_in_headless_chromium() {
     let mut query = Query::new(User::Known(key.clone()), 6);
     query.exclude_seen = true;
     let expected = library.recommend(&query).unwrap();
-    let recent = library.history(&key).unwrap();
+    let history = library.history(&key).unwrap();
+    // The two newest, oldest first.
+    let recent = &history[history.len() - 2..];
     for (url, want) in [
         (
             format!("http://{}/?user={key}&k=6", server.addr),

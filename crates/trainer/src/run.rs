@@ -16,7 +16,6 @@ use crate::report::EvalReport;
 use crate::retrieval::embed_rows;
 use crate::run_folder::{RunFolder, layout};
 use crate::tables::SideTable;
-use crate::task::sequence::{SequenceQueries, UserSequences};
 
 /// A trained run loaded back: what export and recommend need.
 pub struct LoadedRun {
@@ -51,8 +50,8 @@ impl LoadedRun {
         batch_size: usize,
     ) -> Result<(Vec<f32>, usize), TrainError> {
         let mut table = SideTable::new(&self.dataset, self.model.config(), side)?;
-        if let (Side::User, Some(sequence)) = (side, &self.model.config().sequence) {
-            return self.sequence_queries(table, sequence.max_len, batch_size);
+        if let (Side::User, Some(_)) = (side, &self.model.config().sequence) {
+            return self.sequence_queries(table, batch_size);
         }
         if let (Side::User, Some(len)) = (side, self.history_len()) {
             table = self.with_test_histories(table, len)?;
@@ -64,30 +63,15 @@ impl LoadedRun {
     }
 
     /// The sequence tower's test-time queries of every user row: the train items, then the
-    /// validation item.
+    /// validation item ([`crate::SequenceEncoder`]'s encoding).
     fn sequence_queries(
         &self,
         users: SideTable,
-        max_len: usize,
         batch_size: usize,
     ) -> Result<(Vec<f32>, usize), TrainError> {
         let items = SideTable::new(&self.dataset, self.model.config(), Side::Item)?;
-        let (n_users, n_items) = (users.rows(), items.rows());
-        let train = split_rows(&self.dataset, Split::Train, n_users, n_items)?;
-        let val = split_rows(&self.dataset, Split::Val, n_users, n_items)?;
-        let sequences = UserSequences::new(&train, n_users);
-        let all: Vec<u32> = (0..n_users as u32).collect();
-        let newer = item_of_users(&all, &val.users, &val.items);
-        let queries = SequenceQueries {
-            model: &self.model,
-            users: &users,
-            items: &items,
-            sequences: &sequences,
-            max_len,
-            batch_size,
-        };
-        let (_, tokens) = queries.catalogue()?;
-        let vectors = queries.vectors(&tokens, &all, Some(&newer))?;
+        let encoder = crate::SequenceEncoder::new(self, users, &items)?;
+        let vectors = encoder.test_queries(&self.model, &items, batch_size)?;
         Ok((vectors, self.model.config().output_dim()))
     }
 

@@ -12,12 +12,14 @@ use std::sync::OnceLock;
 use dssm_serve::{ServeConfig, Server};
 
 /// Two runs on the same synthetic `leave-last-out` dataset (different seeds, so different model
-/// ids), with the history feature, and a broken copy (corrupt weights).
+/// ids), with the history feature, a broken copy (corrupt weights), and a run of the sequence
+/// tower on the same data.
 pub struct Runs {
     _dir: tempfile::TempDir,
     pub a: PathBuf,
     pub b: PathBuf,
     pub broken: PathBuf,
+    pub sequence: PathBuf,
 }
 
 pub fn runs() -> &'static Runs {
@@ -40,6 +42,7 @@ pub fn runs() -> &'static Runs {
         dssm_data::prepare(&request, &|_| {}).unwrap();
         let a = train(&data, &dir.path().join("run-a"), 1);
         let b = train(&data, &dir.path().join("run-b"), 2);
+        let sequence = train_sequence(&data, &dir.path().join("run-sequence"));
         let broken = dir.path().join("run-broken");
         copy_dir(&b, &broken);
         let weights = broken.join("checkpoints/best").join(dssm_model_weights());
@@ -49,6 +52,7 @@ pub fn runs() -> &'static Runs {
             a,
             b,
             broken,
+            sequence,
         }
     })
 }
@@ -76,6 +80,46 @@ batch_size = 512
 epochs = 1
 select_metric = "hit_rate"
 seed = {seed}
+[output]
+dir = {run:?}
+"#
+    ))
+    .unwrap();
+    dssm_trainer::train(&config, &dssm_trainer::TrainOptions::default()).unwrap();
+    run.to_path_buf()
+}
+
+/// The sequence tower (max_len 5) with gender and age, one epoch.
+fn train_sequence(data: &Path, run: &Path) -> PathBuf {
+    let config = dssm_trainer::RunConfig::from_toml_str(&format!(
+        r#"
+[data]
+path = {data:?}
+protocol = "leave-last-out"
+[features]
+user = ["gender", "age"]
+item = ["movie_id", "genres"]
+embedding_dim = 8
+[model.user_tower]
+hidden = [16, 8]
+l2_normalize = true
+[model.item_tower]
+hidden = [16, 8]
+l2_normalize = true
+[model.sequence]
+enabled = true
+max_len = 5
+blocks = 1
+heads = 2
+[sampler]
+strategy = "none"
+[loss]
+kind = "full_softmax"
+temperature = 0.1
+[train]
+batch_size = 64
+epochs = 1
+select_metric = "hit_rate"
 [output]
 dir = {run:?}
 "#

@@ -352,24 +352,40 @@ impl SequenceQueries<'_> {
                     s
                 })
                 .collect();
-            let padded = Padded::new(sequences.iter().map(Vec::as_slice), self.max_len);
             let user_batch = self.users.batch(mc, chunk, &mut buffers, model.device())?;
-            let q = model
-                .encode_sequences(
-                    tokens,
-                    &padded.ids,
-                    padded.rows,
-                    Some(&user_batch),
-                    Mode::Eval,
-                )
-                .map_err(TrainError::model)?;
-            let last: Vec<u32> = (0..padded.rows)
-                .map(|r| ((r + 1) * padded.len - 1) as u32)
-                .collect();
-            out.extend(read_rows(&q, &last)?);
+            let sequences = sequences.iter().map(Vec::as_slice);
+            out.extend(encode_queries(
+                model,
+                tokens,
+                sequences,
+                self.max_len,
+                &user_batch,
+            )?);
         }
         Ok(out)
     }
+}
+
+/// Query vectors `[sequences, D]` in evaluation mode: each of `sequences` (item rows, oldest
+/// first; the newest `max_len` are read) with its row of `users`, through the tower over the
+/// token table `tokens`; the output at the newest item. An empty sequence is all padding: the
+/// user features' contribution alone. What validation, test, the exported user embeddings and
+/// [`crate::SequenceEncoder`] read.
+pub(crate) fn encode_queries<'s>(
+    model: &Dssm,
+    tokens: &Tensor,
+    sequences: impl ExactSizeIterator<Item = &'s [u32]> + Clone,
+    max_len: usize,
+    users: &dssm_model::SideBatch,
+) -> Result<Vec<f32>, TrainError> {
+    let padded = Padded::new(sequences, max_len);
+    let q = model
+        .encode_sequences(tokens, &padded.ids, padded.rows, Some(users), Mode::Eval)
+        .map_err(TrainError::model)?;
+    let last: Vec<u32> = (0..padded.rows)
+        .map(|r| ((r + 1) * padded.len - 1) as u32)
+        .collect();
+    read_rows(&q, &last)
 }
 
 /// The item vectors `[C, D]` and the token table of every row of `items`.
