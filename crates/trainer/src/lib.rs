@@ -36,6 +36,13 @@
 //! ([`config::FeaturesConfig::recent_len`]). `loss.shared_negatives` adds sampled items to
 //! in-batch softmax ([`config::LossConfig::shared_negatives`]).
 //!
+//! With `[model.sequence]` the user tower is a causal self-attention tower over the user's train
+//! items ([`config::SequenceSection`]), trained on every position of each user's newest
+//! `max_len` items (or other windows: [`config::SequenceSection::windows`]) to predict the next
+//! item, with `full_softmax` over the catalogue or `in_batch_softmax`: the batch's targets plus
+//! `loss.shared_negatives` sampled items, log-Q by expected count, for catalogues too large for a
+//! full softmax per step. Validation and test queries are the retrieval task's.
+//!
 //! # Who computes the steps
 //! `train.engine` (default `auto`): dssm-model's CPU engine where it can run the config (CPU,
 //! (multi-)categorical features, BCE or in-batch softmax), Candle's autograd otherwise; both give the
