@@ -143,11 +143,11 @@ impl Recommender {
             path: run_dir.to_path_buf(),
             source,
         })?;
-        let (users, items) = tower_outputs(&loaded)?;
         let sequence = loaded.sequence_encoder().map_err(|source| Error::Load {
             path: run_dir.to_path_buf(),
             source,
         })?;
+        let (users, items) = tower_outputs(&loaded, sequence.as_ref())?;
         let candidates = crate::run::candidate_matrix(&items, &loaded.dataset.items.train_count)?;
         let index: Box<dyn TopK + Send + Sync> = match index_kind {
             IndexKind::Exact => Box::new(ExactIndex::new(candidates)),

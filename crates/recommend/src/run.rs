@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use dssm_data::Dataset;
 use dssm_model::{Side, Similarity};
 use dssm_retrieval::EmbeddingMatrix;
-use dssm_trainer::{LoadedRun, layout};
+use dssm_trainer::{LoadedRun, SequenceEncoder, layout};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -38,12 +38,23 @@ pub(crate) fn checkpoint_id(run_dir: &Path) -> String {
 }
 
 /// User and item embeddings of every table row (ids = raw MovieLens ids), L2-normalised for a cosine
-/// model so that inner products are the model's similarity.
-pub(crate) fn tower_outputs(loaded: &LoadedRun) -> Result<(EmbeddingMatrix, EmbeddingMatrix)> {
+/// model so that inner products are the model's similarity. A sequence run's user vectors come
+/// from its `sequence` encoder (what [`LoadedRun::embeddings`] exports, without a second token
+/// table).
+pub(crate) fn tower_outputs(
+    loaded: &LoadedRun,
+    sequence: Option<&SequenceEncoder>,
+) -> Result<(EmbeddingMatrix, EmbeddingMatrix)> {
     let batch_size = loaded.config.train.eval_batch_size;
     let cosine = loaded.model.config().similarity == Similarity::Cosine;
     let matrix = |side: Side, ids: &[u32]| -> Result<EmbeddingMatrix> {
-        let (mut data, dim) = loaded.embeddings(side, batch_size)?;
+        let (mut data, dim) = match (side, sequence) {
+            (Side::User, Some(encoder)) => (
+                encoder.test_queries(&loaded.model, batch_size)?,
+                loaded.model.config().output_dim(),
+            ),
+            _ => loaded.embeddings(side, batch_size)?,
+        };
         if cosine {
             l2_normalize_rows(&mut data, dim);
         }

@@ -71,7 +71,7 @@ impl LoadedRun {
     ) -> Result<(Vec<f32>, usize), TrainError> {
         let items = SideTable::new(&self.dataset, self.model.config(), Side::Item)?;
         let encoder = crate::SequenceEncoder::new(self, users, &items)?;
-        let vectors = encoder.test_queries(&self.model, &items, batch_size)?;
+        let vectors = encoder.test_queries(&self.model, batch_size)?;
         Ok((vectors, self.model.config().output_dim()))
     }
 

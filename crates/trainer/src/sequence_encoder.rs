@@ -9,7 +9,7 @@ use crate::history::item_of_users;
 use crate::inputs::split_rows;
 use crate::run::LoadedRun;
 use crate::tables::{GatherBuffers, SideTable};
-use crate::task::sequence::{SequenceQueries, UserSequences, encode_queries};
+use crate::task::sequence::{SequenceQueries, UserSequences, catalogue, encode_queries};
 
 /// The sequence user tower of a loaded run, ready to encode one query at a time: the token table
 /// of the whole catalogue (`Dssm::sequence_items`, `Mode::Eval`, computed once), every user's
@@ -84,16 +84,7 @@ impl SequenceEncoder {
         let train = split_rows(&run.dataset, Split::Train, n_users, n_items)?;
         let val = split_rows(&run.dataset, Split::Val, n_users, n_items)?;
         let all: Vec<u32> = (0..n_users as u32).collect();
-        let everything: Vec<u32> = (0..n_items as u32).collect();
-        let batch = items.batch(
-            model.config(),
-            &everything,
-            &mut GatherBuffers::default(),
-            model.device(),
-        )?;
-        let (_, tokens) = model
-            .sequence_items(&batch, Mode::Eval)
-            .map_err(TrainError::model)?;
+        let (_, tokens) = catalogue(model, items, Mode::Eval, &mut GatherBuffers::default())?;
         Ok(Self {
             tokens,
             sequences: UserSequences::new(&train, n_users),
@@ -104,18 +95,13 @@ impl SequenceEncoder {
         })
     }
 
-    /// Every user's test-time query vector, `[users, D]`, as [`LoadedRun::embeddings`] exports
-    /// them: the same encoding as [`SequenceEncoder::encode`], in batches.
-    pub(crate) fn test_queries(
-        &self,
-        model: &Dssm,
-        items: &SideTable,
-        batch_size: usize,
-    ) -> Result<Vec<f32>, TrainError> {
+    /// Every user's test-time query vector, `[users, D]` row-major (`model`: the run's model),
+    /// as [`LoadedRun::embeddings`] exports them: the same encoding as
+    /// [`SequenceEncoder::encode`], `batch_size` users at a time.
+    pub fn test_queries(&self, model: &Dssm, batch_size: usize) -> Result<Vec<f32>, TrainError> {
         let queries = SequenceQueries {
             model,
             users: &self.users,
-            items,
             sequences: &self.sequences,
             max_len: self.max_len,
             batch_size,

@@ -62,7 +62,7 @@ fn dssm_model_weights() -> &'static str {
 }
 
 fn train(data: &Path, run: &Path, seed: u64) -> PathBuf {
-    let config = dssm_trainer::RunConfig::from_toml_str(&format!(
+    train_config(&format!(
         r#"
 [data]
 path = {data:?}
@@ -84,14 +84,11 @@ seed = {seed}
 dir = {run:?}
 "#
     ))
-    .unwrap();
-    dssm_trainer::train(&config, &dssm_trainer::TrainOptions::default()).unwrap();
-    run.to_path_buf()
 }
 
 /// The sequence tower (max_len 5) with gender and age, one epoch.
 fn train_sequence(data: &Path, run: &Path) -> PathBuf {
-    let config = dssm_trainer::RunConfig::from_toml_str(&format!(
+    train_config(&format!(
         r#"
 [data]
 path = {data:?}
@@ -124,9 +121,14 @@ select_metric = "hit_rate"
 dir = {run:?}
 "#
     ))
-    .unwrap();
-    dssm_trainer::train(&config, &dssm_trainer::TrainOptions::default()).unwrap();
-    run.to_path_buf()
+}
+
+/// Trains the run config `text` and returns its run folder.
+fn train_config(text: &str) -> PathBuf {
+    let config = dssm_trainer::RunConfig::from_toml_str(text).unwrap();
+    dssm_trainer::train(&config, &dssm_trainer::TrainOptions::default())
+        .unwrap()
+        .run_dir
 }
 
 fn copy_dir(from: &Path, to: &Path) {

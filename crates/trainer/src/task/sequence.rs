@@ -247,7 +247,6 @@ impl<'a> SequenceTask<'a> {
         SequenceQueries {
             model,
             users: &self.inputs.users,
-            items: &self.inputs.items,
             sequences: &self.sequences,
             max_len: self.config.model.sequence.max_len,
             batch_size: self.config.train.eval_batch_size,
@@ -262,15 +261,6 @@ impl<'a> SequenceTask<'a> {
         buffers: &mut GatherBuffers,
     ) -> Result<(Tensor, Tensor), TrainError> {
         catalogue(model, &self.inputs.items, mode, buffers)
-    }
-
-    fn item_batch(
-        &self,
-        rows: &[u32],
-        buffers: &mut GatherBuffers,
-    ) -> Result<dssm_model::SideBatch, TrainError> {
-        let (mc, device) = (&self.inputs.model_config, &self.inputs.device);
-        self.inputs.items.batch(mc, rows, buffers, device)
     }
 
     fn user_batch(
@@ -291,9 +281,10 @@ impl<'a> SequenceTask<'a> {
         newer: Option<&[Option<u32>]>,
         variants: &[ProtocolVariant],
     ) -> Result<Vec<RankingReport>, TrainError> {
-        let evaluation = self.evaluation(model);
-        let (vectors, tokens) = evaluation.catalogue()?;
-        let queries = evaluation.vectors(&tokens, held_out.users(), newer)?;
+        let (vectors, tokens) = self.catalogue(model, Mode::Eval, &mut GatherBuffers::default())?;
+        let queries = self
+            .evaluation(model)
+            .vectors(&tokens, held_out.users(), newer)?;
         let candidates = read_rows(&vectors, self.setup.candidate_rows())?;
         let dim = self.inputs.model_config.output_dim();
         self.setup.rank(
@@ -312,25 +303,15 @@ impl<'a> SequenceTask<'a> {
 pub(crate) struct SequenceQueries<'a> {
     pub(crate) model: &'a Dssm,
     pub(crate) users: &'a crate::tables::SideTable,
-    pub(crate) items: &'a crate::tables::SideTable,
     pub(crate) sequences: &'a UserSequences,
     pub(crate) max_len: usize,
     pub(crate) batch_size: usize,
 }
 
 impl SequenceQueries<'_> {
-    /// The item vectors `[C, D]` and the token table of the whole catalogue, in evaluation mode.
-    pub(crate) fn catalogue(&self) -> Result<(Tensor, Tensor), TrainError> {
-        catalogue(
-            self.model,
-            self.items,
-            Mode::Eval,
-            &mut GatherBuffers::default(),
-        )
-    }
-
-    /// `[users, D]`, from the token table `tokens` of [`SequenceQueries::catalogue`]: each user's train sequence, then `newer[i]` when given, through the tower;
-    /// the output at the newest item.
+    /// `[users, D]`, from the token table `tokens` of the whole catalogue ([`catalogue`] in
+    /// evaluation mode): each user's train sequence, then `newer[i]` when given, through the
+    /// tower; the output at the newest item.
     pub(crate) fn vectors(
         &self,
         tokens: &Tensor,
@@ -389,14 +370,26 @@ pub(crate) fn encode_queries<'s>(
 }
 
 /// The item vectors `[C, D]` and the token table of every row of `items`.
-fn catalogue(
+pub(crate) fn catalogue(
     model: &Dssm,
     items: &SideTable,
     mode: Mode,
     buffers: &mut GatherBuffers,
 ) -> Result<(Tensor, Tensor), TrainError> {
     let all: Vec<u32> = (0..items.rows() as u32).collect();
-    let batch = items.batch(model.config(), &all, buffers, model.device())?;
+    vectors_and_tokens(model, items, &all, mode, buffers)
+}
+
+/// The item vectors `[rows, D]` and the token table (row 0 padding, row `i + 1` `rows[i]`) of
+/// rows `rows` of `items`.
+fn vectors_and_tokens(
+    model: &Dssm,
+    items: &SideTable,
+    rows: &[u32],
+    mode: Mode,
+    buffers: &mut GatherBuffers,
+) -> Result<(Tensor, Tensor), TrainError> {
+    let batch = items.batch(model.config(), rows, buffers, model.device())?;
     model
         .sequence_items(&batch, mode)
         .map_err(TrainError::model)
@@ -411,11 +404,9 @@ fn select_rows(t: &Tensor, rows: &[u32]) -> Result<Tensor, TrainError> {
 }
 
 /// Rows `rows` of a `[n, D]` tensor, as host floats.
-fn read_rows(t: &candle_core::Tensor, rows: &[u32]) -> Result<Vec<f32>, TrainError> {
-    let index = Tensor::from_slice(rows, rows.len(), t.device())
-        .map_err(TrainError::tensor("indexing rows"))?;
-    t.index_select(&index, 0)
-        .and_then(|r| r.to_dtype(candle_core::DType::F32))
+fn read_rows(t: &Tensor, rows: &[u32]) -> Result<Vec<f32>, TrainError> {
+    select_rows(t, rows)?
+        .to_dtype(candle_core::DType::F32)
         .and_then(|r| r.flatten_all())
         .and_then(|r| r.to_vec1::<f32>())
         .map_err(TrainError::tensor("reading vectors"))
@@ -443,14 +434,14 @@ impl Task for SequenceTask<'_> {
         let shuffle = derive_seed(seed, epoch, STREAM_SHUFFLE, 0);
         windows.shuffle(&mut StdRng::seed_from_u64(shuffle));
         let batch_size = self.config.train.batch_size;
-        let shared_per_step = self.config.loss.shared_negatives;
-        let shared = match &self.sampler {
-            None => Vec::new(),
+        let (shared, shared_per_step) = match &self.sampler {
+            None => (Vec::new(), 0),
             Some(sampler) => {
+                let k = self.config.loss.shared_negatives;
                 let seed = derive_seed(seed, epoch, STREAM_SHARED_NEGATIVES, 0);
                 let mut rng = StdRng::seed_from_u64(seed);
-                let draws = windows.len().div_ceil(batch_size) * shared_per_step;
-                (0..draws).map(|_| sampler.sample(&mut rng)).collect()
+                let draws = windows.len().div_ceil(batch_size) * k;
+                ((0..draws).map(|_| sampler.sample(&mut rng)).collect(), k)
             }
         };
         Ok(SequenceBatches {
@@ -458,11 +449,7 @@ impl Task for SequenceTask<'_> {
             windows,
             batch_size,
             shared,
-            shared_per_step: if self.sampler.is_some() {
-                shared_per_step
-            } else {
-                0
-            },
+            shared_per_step,
         })
     }
 
@@ -593,10 +580,9 @@ impl SequenceTask<'_> {
             .filter(|&&id| id != 0)
             .map(|&id| id - 1);
         let needed = LocalItems::new(inputs.chain(columns.items.rows().iter().copied()));
-        let batch = self.item_batch(needed.rows(), buffers)?;
-        let (vectors, tokens) = model
-            .sequence_items(&batch, step.item_mode())
-            .map_err(TrainError::model)?;
+        let items = &self.inputs.items;
+        let (vectors, tokens) =
+            vectors_and_tokens(model, items, needed.rows(), step.item_mode(), buffers)?;
         let q = step.queries(model, &tokens, &needed.remap_ids(&step.padded.ids))?;
         let column_rows = columns.items.rows();
         let local: Vec<u32> = column_rows.iter().map(|&r| needed.local(r)).collect();
