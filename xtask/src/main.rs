@@ -64,6 +64,7 @@ fn main() -> Result<()> {
         "bench-train" => bench_train::run(&rest),
         "bench-retrieval" => run_cargo(&["bench", "-p", "dssm-retrieval"], &rest),
         "bench-serve" => bench_serve(&rest),
+        "bench-index" => bench_index(&rest),
         step if DSSM_STEPS.iter().any(|(name, _)| *name == step) => {
             let mut forwarded = vec![step.to_string()];
             forwarded.extend(rest);
@@ -90,6 +91,9 @@ fn print_help() {
          bench-train          wall, samples/s and peak memory of the training recipes and one step \
          (--anchors PYTHON: beside TensorFlow, in turn)\n  \
          bench-retrieval      exact and HNSW top-K speed and recall\n  \
+         bench-index          our HNSW at catalogue scale (default 1M x 64): build, memory, save/map, queries/s, \
+         recall@10/@100;\n                              --faiss PYTHON: then faiss-cpu on the same vectors, in turn \
+         (xtask/bench/faiss_index.py)\n  \
          bench-serve          the HTTP server under load on loopback: req/s and p50/p99/p99.9 for known users, \
          new users with 20 recent items, HNSW over a synthetic catalogue (--help for options)"
     );
@@ -172,6 +176,55 @@ fn bench_serve(rest: &[String]) -> Result<()> {
         ],
         &args,
     )
+}
+
+/// `bench-index [--faiss PYTHON] [options of examples/bench_index.rs]`: our index, then (with
+/// `--faiss`) faiss-cpu's on the files ours wrote, with the same M, ef_construction and ef values.
+fn bench_index(rest: &[String]) -> Result<()> {
+    let mut ours = vec!["--".to_string()];
+    let mut faiss_python = None;
+    let mut faiss_args = vec!["target/bench-index".to_string()];
+    for pair in rest.chunks(2) {
+        let [flag, value] = pair else {
+            bail!(
+                "bench-index takes --flag value pairs; see crates/retrieval/examples/bench_index.rs"
+            );
+        };
+        match flag.as_str() {
+            "--faiss" => faiss_python = Some(value.clone()),
+            "--dir" => faiss_args[0] = value.clone(),
+            "--m" | "--ef-construction" | "--ef" => {
+                faiss_args.extend([flag.clone(), value.clone()])
+            }
+            _ => {}
+        }
+        if flag != "--faiss" {
+            ours.extend([flag.clone(), value.clone()]);
+        }
+    }
+    run_cargo(
+        &[
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "dssm-retrieval",
+            "--example",
+            "bench_index",
+        ],
+        &ours,
+    )?;
+    if let Some(python) = faiss_python {
+        let status = Command::new(&python)
+            .arg("xtask/bench/faiss_index.py")
+            .args(&faiss_args)
+            .status()
+            .with_context(|| format!("cannot run {python}"))?;
+        if !status.success() {
+            bail!("the faiss benchmark failed ({status}); it needs `pip install faiss-cpu numpy`");
+        }
+    }
+    Ok(())
 }
 
 fn run_cargo(base: &[&str], extra: &[String]) -> Result<()> {

@@ -79,10 +79,10 @@ where
     }
 }
 
-/// Sends `tracing` events to stderr, filtered by `RUST_LOG` (default `info`, hnsw_rs at `warn`). Safe to call more than once.
+/// Sends `tracing` events to stderr, filtered by `RUST_LOG` (default `info`). Safe to call more than once.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hnsw_rs=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

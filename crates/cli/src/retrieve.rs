@@ -33,6 +33,21 @@ pub struct ExportArgs {
     /// Where to write [default: <run>/embeddings].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Also build an HNSW graph over the candidates and save it as item_index.hnsw beside the
+    /// embeddings. In the run's own export folder (the default --out), `dssm serve --index hnsw`
+    /// and `dssm recommend --index hnsw` then map it at start instead of building the graph, and
+    /// refuse it by name if the run's embeddings have changed since.
+    #[arg(long, value_enum, default_value_t = ExportIndexArg::None)]
+    pub index: ExportIndexArg,
+}
+
+/// The index `export` can save beside the embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportIndexArg {
+    /// Embeddings only.
+    None,
+    /// An HNSW graph over the candidates (M 16, ef_construction 200), as item_index.hnsw.
+    Hnsw,
 }
 
 /// Options of `dssm evaluate-retrieval`.
@@ -129,7 +144,8 @@ pub struct RecommendArgs {
     /// a new user's --recent items.
     #[arg(long, requires = "seen")]
     pub exclude_seen: bool,
-    /// Exact search, or an HNSW graph built over the item embeddings (approximate).
+    /// Exact search, or HNSW (approximate): mapped from <run>/embeddings/item_index.hnsw when
+    /// `dssm export --index hnsw` saved one, otherwise built over the item embeddings at start.
     #[arg(long, value_enum, default_value_t = IndexArg::Exact)]
     pub index: IndexArg,
 }
@@ -173,7 +189,11 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| args.run.join("embeddings"));
-    let manifest = recommender.export(&out)?;
+    let index = match args.index {
+        ExportIndexArg::None => None,
+        ExportIndexArg::Hnsw => Some(HnswConfig::default()),
+    };
+    let manifest = recommender.export_with_index(&out, index)?;
     let (users, items) = (&manifest.user_embeddings, &manifest.item_embeddings);
     println!("run          {}", recommender.run_dir().display());
     println!("model id     {}", manifest.model_id);
@@ -198,6 +218,16 @@ pub fn export(args: &ExportArgs) -> Result<()> {
             "inner product of these rows = the model's dot similarity"
         }
     );
+    if let Some(index) = &manifest.index {
+        println!(
+            "index        hnsw over {} candidates (M {}, ef_construction {}) -> {} ({:.2} s)",
+            index.items,
+            index.config.max_connections,
+            index.config.ef_construction,
+            out.join(&index.file).display(),
+            index.build_seconds
+        );
+    }
     println!("metadata     {}", manifest.item_metadata.display());
     println!(
         "manifest     {}",
@@ -273,7 +303,7 @@ pub fn recommend(args: &RecommendArgs) -> Result<()> {
     };
     println!(
         "index        {}, {} candidates (items in train){hidden}",
-        describe_index(recommender.index_kind()),
+        describe_index(&recommender),
         recommender.candidates()
     );
     println!(
@@ -356,11 +386,16 @@ fn describe_user(recommender: &Recommender, args: &RecommendArgs) -> Result<Stri
     ))
 }
 
-fn describe_index(kind: IndexKind) -> String {
-    match kind {
-        IndexKind::Exact => "exact".to_string(),
-        IndexKind::Hnsw(config) => format!(
-            "hnsw (approximate: M {}, ef_construction {}, ef_search {})",
+fn describe_index(recommender: &Recommender) -> String {
+    match (recommender.index_kind(), recommender.index_file()) {
+        (IndexKind::Exact, _) => "exact".to_string(),
+        (IndexKind::Hnsw(config), Some(file)) => format!(
+            "hnsw (approximate: mapped from {}, ef_search {})",
+            file.display(),
+            config.ef_search
+        ),
+        (IndexKind::Hnsw(config), None) => format!(
+            "hnsw (approximate, built at start: M {}, ef_construction {}, ef_search {})",
             config.max_connections, config.ef_construction, config.ef_search
         ),
     }
@@ -630,8 +665,13 @@ dir = {run:?}
         export(&ExportArgs {
             run: run.clone(),
             out: Some(out.clone()),
+            index: ExportIndexArg::Hnsw,
         })
         .unwrap();
+        assert!(
+            out.join(export_files::INDEX).is_file(),
+            "--index hnsw saves the graph"
+        );
         let items = dssm_retrieval::read_embeddings(&out.join(export_files::ITEMS)).unwrap();
         assert_eq!(items.matrix.len(), 120);
         assert_eq!(items.model_id, report.metrics.checkpoint);

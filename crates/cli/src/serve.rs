@@ -27,7 +27,9 @@ pub struct ServeArgs {
     /// Where to listen (port 0: a free one, printed at start).
     #[arg(long, default_value = "127.0.0.1:8080", env = "DSSM_ADDR")]
     pub addr: SocketAddr,
-    /// Exact search, or an HNSW graph built over the item embeddings at start (approximate).
+    /// Exact search, or an HNSW graph over the item embeddings (approximate): mapped from
+    /// <run>/embeddings/item_index.hnsw when `dssm export --index hnsw` saved one (refused by name
+    /// if stale or damaged), built at start otherwise.
     #[arg(long, value_enum, default_value_t = IndexArg::Exact, env = "DSSM_INDEX")]
     pub index: IndexArg,
     /// Requests answered at once; more are refused with 503 at once.

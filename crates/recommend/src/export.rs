@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use dssm_model::Similarity;
-use dssm_retrieval::write_embeddings;
+use dssm_retrieval::{EmbeddingMatrix, HnswConfig, HnswIndex, TopK, write_embeddings};
 use serde::Serialize;
 
 use crate::Recommender;
@@ -18,6 +18,8 @@ pub mod export_files {
     pub const ITEMS: &str = "item_embeddings.parquet";
     /// What was exported, from which run and dataset, and where the movie metadata is.
     pub const MANIFEST: &str = "export.json";
+    /// The HNSW index over the candidates (`dssm export --index hnsw`), mapped by serving.
+    pub const INDEX: &str = "item_index.hnsw";
 }
 
 /// `export.json`.
@@ -46,6 +48,27 @@ pub struct ExportManifest {
     pub candidates: usize,
     /// The dataset's items.parquet: movie_id, title, year, genres, train_count.
     pub item_metadata: PathBuf,
+    /// The saved HNSW index, when one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<ExportedIndex>,
+}
+
+/// The HNSW index written beside the embeddings.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportedIndex {
+    /// Its name in the export folder.
+    pub file: String,
+    /// Always `"hnsw"`.
+    pub kind: &'static str,
+    /// Its parameters.
+    pub config: HnswConfig,
+    /// Items in the graph (the candidates).
+    pub items: usize,
+    /// xxh3-64 of the candidate embeddings it was built from (16 hex digits): serving refuses the
+    /// index when today's embeddings differ.
+    pub embeddings_xxh3: String,
+    /// Seconds spent building it.
+    pub build_seconds: f64,
 }
 
 /// One exported file.
@@ -61,6 +84,17 @@ impl Recommender {
     /// Writes `user_embeddings.parquet`, `item_embeddings.parquet` (ids as Int64, vectors as
     /// List<Float32>: see `dssm_retrieval::write_embeddings`) and `export.json` into `out`.
     pub fn export(&self, out: &Path) -> Result<ExportManifest> {
+        self.export_with_index(out, None)
+    }
+
+    /// [`Recommender::export`], plus (given a configuration) an HNSW graph over the candidates
+    /// saved as `item_index.hnsw`, which [`Recommender::load`] maps instead of building when the
+    /// export is the run's own (`<run>/embeddings`).
+    pub fn export_with_index(
+        &self,
+        out: &Path,
+        index: Option<HnswConfig>,
+    ) -> Result<ExportManifest> {
         std::fs::create_dir_all(out).map_err(|source| Error::Io {
             action: "create the folder",
             path: out.to_path_buf(),
@@ -77,7 +111,7 @@ impl Recommender {
             run: absolute(&loaded.run_dir),
             dataset: dataset_record(dataset)?,
             similarity: similarity_name(similarity),
-            normalized: similarity == Similarity::Cosine,
+            normalized: similarity == Similarity::Cosine || unit_rows(&self.items),
             temperature: loaded.model.temperature()?,
             dim: self.users.dim(),
             user_embeddings: ExportedFile {
@@ -90,6 +124,9 @@ impl Recommender {
             },
             candidates: crate::run::candidate_rows(&dataset.items.train_count).len(),
             item_metadata: absolute(&dataset.dir.join(dssm_data::dataset::files::ITEMS)),
+            index: index
+                .map(|config| self.save_index(&out.join(export_files::INDEX), config))
+                .transpose()?,
         };
         write_json_atomically(
             &out.join(export_files::MANIFEST),
@@ -98,4 +135,28 @@ impl Recommender {
         )?;
         Ok(manifest)
     }
+
+    fn save_index(&self, path: &Path, config: HnswConfig) -> Result<ExportedIndex> {
+        let started = std::time::Instant::now();
+        let index = HnswIndex::build(self.candidate_embeddings()?, config)?;
+        let build_seconds = started.elapsed().as_secs_f64();
+        index.save(path)?;
+        Ok(ExportedIndex {
+            file: export_files::INDEX.to_string(),
+            kind: "hnsw",
+            config,
+            items: index.len(),
+            embeddings_xxh3: format!("{:016x}", index.embeddings_checksum()),
+            build_seconds,
+        })
+    }
+}
+
+/// Whether every row has unit L2 norm (to float precision).
+fn unit_rows(matrix: &EmbeddingMatrix) -> bool {
+    !matrix.is_empty()
+        && (0..matrix.len()).all(|i| {
+            let norm_sq: f32 = matrix.row(i).iter().map(|x| x * x).sum();
+            (norm_sq - 1.0).abs() < 1e-4
+        })
 }

@@ -24,8 +24,17 @@ pub enum IndexKind {
     /// Brute force over every candidate.
     #[default]
     Exact,
-    /// An HNSW graph (approximate) with these parameters.
+    /// An HNSW graph (approximate): mapped from the run's saved index
+    /// (`<run>/embeddings/item_index.hnsw`, written by `dssm export --index hnsw`) when there is
+    /// one, built in memory with these parameters otherwise. `ef_search` applies either way.
     Hnsw(HnswConfig),
+}
+
+/// Where a run's saved HNSW index is looked for: `<run>/embeddings/item_index.hnsw`.
+pub fn saved_index_path(run_dir: &Path) -> std::path::PathBuf {
+    run_dir
+        .join("embeddings")
+        .join(crate::export::export_files::INDEX)
 }
 
 /// A run folder loaded once: the best checkpoint, the item and known-user embeddings, the
@@ -50,6 +59,8 @@ pub struct Recommender {
     loaded: LoadedRun,
     model_id: String,
     index_kind: IndexKind,
+    /// The saved index file in use, when the HNSW graph was mapped rather than built.
+    index_file: Option<std::path::PathBuf>,
     user_specs: Vec<FeatureSpec>,
     accepted: Vec<String>,
     uses_history: bool,
@@ -137,7 +148,9 @@ pub struct UserView<'a> {
 
 impl Recommender {
     /// Loads the run's best checkpoint and dataset, embeds every user and item, and builds the
-    /// index over the candidates.
+    /// index over the candidates (or, for [`IndexKind::Hnsw`], maps the run's saved index: one
+    /// built from other embeddings than today's is refused with
+    /// [`dssm_retrieval::Error::HnswStale`], a damaged one with `HnswCorrupt`).
     pub fn load(run_dir: &Path, index_kind: IndexKind) -> Result<Self> {
         let loaded = load_run(run_dir).map_err(|source| Error::Load {
             path: run_dir.to_path_buf(),
@@ -149,11 +162,19 @@ impl Recommender {
         })?;
         let (users, items) = tower_outputs(&loaded, sequence.as_ref())?;
         let candidates = crate::run::candidate_matrix(&items, &loaded.dataset.items.train_count)?;
-        let index: Box<dyn TopK + Send + Sync> = match index_kind {
-            IndexKind::Exact => Box::new(ExactIndex::new(candidates)),
-            IndexKind::Hnsw(config) => Box::new(HnswIndex::build(candidates, config)?),
+        let saved = saved_index_path(run_dir);
+        let (index, index_file): (Box<dyn TopK + Send + Sync>, _) = match index_kind {
+            IndexKind::Exact => (Box::new(ExactIndex::new(candidates)), None),
+            IndexKind::Hnsw(config) if saved.is_file() => {
+                let mut index = HnswIndex::load_for(&saved, &candidates)?;
+                index.set_ef_search(config.ef_search);
+                (Box::new(index), Some(saved))
+            }
+            IndexKind::Hnsw(config) => (Box::new(HnswIndex::build(candidates, config)?), None),
         };
-        Self::assemble(loaded, sequence, users, items, index, index_kind)
+        let mut recommender = Self::assemble(loaded, sequence, users, items, index, index_kind)?;
+        recommender.index_file = index_file;
+        Ok(recommender)
     }
 
     fn assemble(
@@ -172,6 +193,7 @@ impl Recommender {
         Ok(Self {
             model_id: checkpoint_id(&loaded.run_dir),
             index_kind,
+            index_file: None,
             uses_history: sequence.is_some() || user_specs.iter().any(is_history),
             cosine: config.similarity == Similarity::Cosine,
             sequence,
@@ -208,6 +230,16 @@ impl Recommender {
     /// The index in use.
     pub fn index_kind(&self) -> IndexKind {
         self.index_kind
+    }
+
+    /// The saved index file mapped at load, if the HNSW graph came from one.
+    pub fn index_file(&self) -> Option<&Path> {
+        self.index_file.as_deref()
+    }
+
+    /// The candidates' embeddings (the items with a train interaction), as the index holds them.
+    pub fn candidate_embeddings(&self) -> Result<EmbeddingMatrix> {
+        crate::run::candidate_matrix(&self.items, &self.run().dataset.items.train_count)
     }
 
     /// Number of candidates (items with a train interaction).
@@ -520,6 +552,7 @@ impl Recommender {
             IndexKind::Hnsw(config) => Box::new(HnswIndex::build(items, config)?),
         };
         self.index_kind = index_kind;
+        self.index_file = None;
         Ok(self)
     }
 }

@@ -178,3 +178,81 @@ fn bad_queries_are_errors_naming_the_field() {
         "{error}"
     );
 }
+
+/// `export --index hnsw` saves the graph in the run's export folder; loading with HNSW maps it (no
+/// rebuild) and answers as a freshly built graph does; an index of other embeddings is refused as
+/// stale, a damaged one as corrupt, and without the file the graph is built in memory again.
+#[test]
+fn a_saved_index_is_mapped_and_a_stale_or_corrupt_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = trained_run(dir.path());
+    let config = dssm_recommend::HnswConfig::default();
+    let exporter = Recommender::load(&run, IndexKind::Exact).unwrap();
+    let manifest = exporter
+        .export_with_index(&run.join("embeddings"), Some(config))
+        .unwrap();
+    let saved = dssm_recommend::saved_index_path(&run);
+    let index = manifest.index.as_ref().unwrap();
+    assert_eq!(run.join("embeddings").join(&index.file), saved);
+    assert_eq!(index.items, exporter.candidates());
+
+    let mapped = Recommender::load(&run, IndexKind::Hnsw(config)).unwrap();
+    assert_eq!(mapped.index_file(), Some(saved.as_path()));
+    let exact_top = |r: &Recommender, key: &str| {
+        let mut query = Query::new(User::Known(key.to_string()), 10);
+        query.exclude_seen = true;
+        r.recommend(&query).unwrap().items
+    };
+    for key in exporter.user_keys().iter().take(20) {
+        // 100 candidates, ef 100: the graph search is exhaustive here, so the answers are exact.
+        assert_eq!(
+            exact_top(&mapped, key),
+            exact_top(&exporter, key),
+            "user {key}"
+        );
+    }
+
+    // Stale: an index built from other embeddings (here: the candidates scaled by 2).
+    let (ids, dim, data) = exporter.candidate_embeddings().unwrap().into_parts();
+    let doubled: Vec<f32> = data.iter().map(|x| x * 2.0).collect();
+    let other = dssm_retrieval::EmbeddingMatrix::new(ids, dim, doubled).unwrap();
+    let good = std::fs::read(&saved).unwrap();
+    dssm_retrieval::HnswIndex::build(other, config)
+        .unwrap()
+        .save(&saved)
+        .unwrap();
+    let error = Recommender::load(&run, IndexKind::Hnsw(config))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            error,
+            Error::Retrieval(dssm_retrieval::Error::HnswStale { .. })
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("stale"), "{error}");
+
+    // Corrupt: one byte of the graph changed.
+    let mut damaged = good.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    std::fs::write(&saved, &damaged).unwrap();
+    let error = Recommender::load(&run, IndexKind::Hnsw(config))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            error,
+            Error::Retrieval(dssm_retrieval::Error::HnswCorrupt { .. })
+        ),
+        "{error}"
+    );
+
+    // No file: built in memory, as before.
+    std::fs::remove_file(&saved).unwrap();
+    let built = Recommender::load(&run, IndexKind::Hnsw(config)).unwrap();
+    assert_eq!(built.index_file(), None);
+    std::fs::write(&saved, &good).unwrap();
+    assert!(Recommender::load(&run, IndexKind::Hnsw(config)).is_ok());
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong in this crate.
 ///
-/// Foreign errors (Arrow, Parquet, `hnsw_rs`) are carried as messages, so that no third-party type leaks
+/// Foreign errors (Arrow, Parquet, serde) are carried as messages, so that no third-party type leaks
 /// into the public API.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -109,13 +109,34 @@ pub enum Error {
         /// What was expected or what failed.
         message: String,
     },
-    /// A saved HNSW index is unreadable or inconsistent.
+    /// A file is not an HNSW index this version can read.
     #[error("HNSW index {path}: {message}")]
     HnswFile {
-        /// The index folder.
+        /// The index file.
         path: PathBuf,
         /// What was expected or what failed.
         message: String,
+    },
+    /// A saved HNSW index is damaged: its checksum, sizes or links do not match its header.
+    #[error("HNSW index {path} is corrupt ({reason}); rebuild it")]
+    HnswCorrupt {
+        /// The index file.
+        path: PathBuf,
+        /// What did not match.
+        reason: String,
+    },
+    /// A saved HNSW index was built from other embeddings than the ones it is loaded for.
+    #[error(
+        "HNSW index {path} is stale: built from embeddings with checksum {built_from}, \
+         the current embeddings have {given}; rebuild it"
+    )]
+    HnswStale {
+        /// The index file.
+        path: PathBuf,
+        /// Checksum of the embeddings the index was built from.
+        built_from: String,
+        /// Checksum of the embeddings given.
+        given: String,
     },
 }
 

@@ -1,7 +1,7 @@
 //! Top-K retrieval over plain `f32` embedding matrices, for the DSSM two-tower recommender.
 //!
 //! - [`TopK`]: one interface (after TFRS's `TopK` layer) for [`ExactIndex`] (blocked matrix products,
-//!   bounded selection, rayon) and [`HnswIndex`] (approximate, `hnsw_rs`). Scores are inner products;
+//!   bounded selection, rayon) and [`HnswIndex`] (approximate, our own HNSW graph, saved as one memory-mapped file). Scores are inner products;
 //!   results are sorted by descending score, equal scores by the lower item id. Per-query
 //!   [`Exclusions`] remove already-seen items.
 //! - Ranking metrics for the `leave-last-out` protocol: [`rank_of_target`], [`RankingReport`] (HR@K =
@@ -47,7 +47,7 @@ mod topk;
 pub use embeddings::{EmbeddingFile, META_DIM, META_MODEL_ID, read_embeddings, write_embeddings};
 pub use error::{Error, Result};
 pub use exact::{DEFAULT_ITEM_BLOCK, DEFAULT_QUERY_BLOCK, ExactIndex};
-pub use hnsw::{HnswConfig, HnswIndex};
+pub use hnsw::{HnswConfig, HnswIndex, embeddings_checksum};
 pub use matrix::{EmbeddingMatrix, Exclusions, MatrixView, ScoredItem};
 pub use metrics::{
     MetricsAtK, PROTOCOL_CUTOFFS, PopularityBaseline, ProtocolVariant, RankingReport,

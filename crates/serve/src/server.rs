@@ -308,6 +308,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
         "candidates": model.candidates(),
         "dim": model.dim(),
         "index": match model.index_kind() { IndexKind::Exact => "exact", IndexKind::Hnsw(_) => "hnsw" },
+        "index_file": model.index_file(),
         "uses_history": model.uses_history(),
         "features": model.feature_names(),
     }))
