@@ -89,6 +89,11 @@ pub struct MilvusLoadArgs {
     /// Drop the collection first if it exists (otherwise an existing collection is an error).
     #[arg(long)]
     pub replace: bool,
+    /// Create the collection (the export's dim) and its index and load it, but insert nothing:
+    /// Milvus's bulk import then reads item_embeddings.parquet from the cluster's object storage
+    /// (README, section Milvus).
+    #[arg(long)]
+    pub skip_insert: bool,
     /// How long to wait for the collection to load, in seconds.
     #[arg(long, default_value_t = 300)]
     pub load_timeout: u64,
@@ -220,14 +225,18 @@ fn load(args: &MilvusLoadArgs) -> Result<()> {
     };
     let started = Instant::now();
     milvus.create_collection(collection, items.dim())?;
-    let inserted = milvus.insert_batches(
-        collection,
-        &ids,
-        items.data(),
-        items.dim(),
-        args.batch_rows,
-        |_| {},
-    )?;
+    let inserted = if args.skip_insert {
+        0
+    } else {
+        milvus.insert_batches(
+            collection,
+            &ids,
+            items.data(),
+            items.dim(),
+            args.batch_rows,
+            |_| {},
+        )?
+    };
     let insert_time = started.elapsed();
     let started = Instant::now();
     milvus.create_index(collection, index)?;
@@ -236,9 +245,14 @@ fn load(args: &MilvusLoadArgs) -> Result<()> {
     println!("milvus       {}", args.connection.uri);
     println!("collection   {collection} (id INT64 primary key, embedding FLOAT_VECTOR)");
     println!(
-        "items        {inserted} x {} from {}",
+        "items        {inserted} x {} from {}{}",
         items.dim(),
-        args.embeddings.join(export_files::ITEMS).display()
+        args.embeddings.join(export_files::ITEMS).display(),
+        if args.skip_insert {
+            " (--skip-insert: none inserted, for a bulk import)"
+        } else {
+            ""
+        }
     );
     println!("insert       {:.2} s", insert_time.as_secs_f64());
     println!(
@@ -420,6 +434,13 @@ mod tests {
         assert_eq!(check.ks, vec![10, 50]);
         assert_eq!(check.ef, Some(64));
         assert_eq!(check.connection.collection, "dssm_items");
+        let parsed =
+            Wrapper::try_parse_from(["milvus", "check", "--embeddings", "/tmp/e"]).unwrap();
+        let MilvusCommand::Check(check) = parsed.command else {
+            panic!("not check")
+        };
+        assert_eq!(check.ks, vec![10, 50, 100]);
+        assert_eq!(check.ef, None);
 
         let parsed =
             Wrapper::try_parse_from(["milvus", "search", "--vector", "-0.5,0.25", "-k", "3"])

@@ -555,7 +555,7 @@ fn rows_of(
     vectors: &[f32],
     dim: usize,
 ) -> Result<usize> {
-    if dim == 0 || vectors.len() % dim != 0 {
+    if dim == 0 || !vectors.len().is_multiple_of(dim) {
         return Err(input(
             operation,
             collection,
