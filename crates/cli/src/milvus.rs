@@ -2,11 +2,13 @@
 //! vectors. The client is `dssm-milvus`; the exact top-K it is checked against is `dssm-retrieval`'s
 //! [`ExactIndex`] over the same file.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use dssm_data::Dataset;
 use dssm_milvus::{
     AgreementCounts, BlockingClient, ClientConfig, Hit, IndexKind, SearchParams, compare_top_k,
 };
@@ -89,6 +91,10 @@ pub struct MilvusLoadArgs {
     /// Drop the collection first if it exists (otherwise an existing collection is an error).
     #[arg(long)]
     pub replace: bool,
+    /// Load only the retrieval candidates (items with train interactions, as `dssm recommend` and the
+    /// server rank), read from the dataset named in the export's export.json.
+    #[arg(long)]
+    pub candidates_only: bool,
     /// Create the collection (the export's dim) and its index and load it, but insert nothing:
     /// Milvus's bulk import then reads item_embeddings.parquet from the cluster's object storage
     /// (README, section Milvus).
@@ -126,6 +132,10 @@ pub struct MilvusCheckArgs {
     /// The export folder the collection was loaded from.
     #[arg(long, value_name = "DIR")]
     pub embeddings: PathBuf,
+    /// Compare with the exact top-K over the retrieval candidates only (for a collection loaded with
+    /// `load --candidates-only`).
+    #[arg(long)]
+    pub candidates_only: bool,
     /// The K values to check, comma-separated.
     #[arg(
         short = 'k',
@@ -202,9 +212,46 @@ fn read_matrix(dir: &Path, file: &str) -> Result<EmbeddingMatrix> {
         .matrix)
 }
 
+/// The export's item embeddings, or only the retrieval candidates: the items with train
+/// interactions in the dataset the export's export.json names.
+fn export_items(dir: &Path, candidates_only: bool) -> Result<EmbeddingMatrix> {
+    let items = read_matrix(dir, export_files::ITEMS)?;
+    if !candidates_only {
+        return Ok(items);
+    }
+    let manifest_path = dir.join(export_files::MANIFEST);
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let manifest: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", manifest_path.display()))?;
+    let dataset_dir = manifest["dataset"]["path"]
+        .as_str()
+        .with_context(|| format!("{} has no dataset.path", manifest_path.display()))?;
+    let dataset = Dataset::open(Path::new(dataset_dir))
+        .with_context(|| format!("opening the export's dataset {dataset_dir}"))?;
+    let in_train: HashSet<u32> = dataset
+        .items
+        .movie_id
+        .iter()
+        .zip(&dataset.items.train_count)
+        .filter(|&(_, &count)| count > 0)
+        .map(|(&id, _)| id)
+        .collect();
+    let dim = items.dim();
+    let (ids, _, data) = items.into_parts();
+    let (mut kept_ids, mut kept) = (Vec::new(), Vec::new());
+    for (id, row) in ids.into_iter().zip(data.chunks_exact(dim)) {
+        if in_train.contains(&id) {
+            kept_ids.push(id);
+            kept.extend_from_slice(row);
+        }
+    }
+    Ok(EmbeddingMatrix::new(kept_ids, dim, kept)?)
+}
+
 fn load(args: &MilvusLoadArgs) -> Result<()> {
     let collection = &args.connection.collection;
-    let items = read_matrix(&args.embeddings, export_files::ITEMS)?;
+    let items = export_items(&args.embeddings, args.candidates_only)?;
     let ids: Vec<i64> = items.ids().iter().map(|&id| i64::from(id)).collect();
     let mut milvus = connect(&args.connection)?;
     if milvus.has_collection(collection)? {
@@ -270,7 +317,7 @@ fn check(args: &MilvusCheckArgs) -> Result<()> {
     if args.queries_per_request == 0 {
         bail!("--queries-per-request must be at least 1");
     }
-    let items = read_matrix(&args.embeddings, export_files::ITEMS)?;
+    let items = export_items(&args.embeddings, args.candidates_only)?;
     let users = read_matrix(&args.embeddings, export_files::USERS)?;
     if users.dim() != items.dim() {
         bail!(
