@@ -28,7 +28,7 @@ fn assert_none_of(krate: &str, forbidden: &[&str]) {
     );
 }
 
-const OURS: [&str; 8] = [
+const OURS: [&str; 9] = [
     "dssm-data",
     "dssm-sampler",
     "dssm-model",
@@ -37,6 +37,7 @@ const OURS: [&str; 8] = [
     "dssm-recommend",
     "dssm-serve",
     "dssm-cli",
+    "dssm-milvus",
 ];
 
 #[test]
@@ -55,6 +56,15 @@ fn data_model_and_retrieval_stand_alone() {
     assert_none_of("data", &["candle-core", "candle-nn"]);
     assert_none_of("retrieval", &["candle-core", "candle-nn"]);
     assert_none_of("model", &["arrow", "parquet"]);
+}
+
+#[test]
+fn the_milvus_client_stands_alone() {
+    assert_none_of("milvus", &OURS);
+    assert_none_of(
+        "milvus",
+        &["anyhow", "arrow", "parquet", "candle-core", "candle-nn"],
+    );
 }
 
 #[test]

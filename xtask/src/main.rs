@@ -39,6 +39,10 @@ const DSSM_STEPS: &[(&str, &str)] = &[
         "serve",
         "serve a run over HTTP (recommend, user vectors, similar items, health, metrics, a page)",
     ),
+    (
+        "milvus",
+        "an export's item embeddings in Milvus: load, check against the exact top-K, search",
+    ),
 ];
 
 fn main() -> Result<()> {

@@ -12,12 +12,17 @@ use std::ffi::OsString;
 
 use clap::{Parser, Subcommand};
 
+mod milvus;
 mod prepare;
 mod progress;
 mod retrieve;
 mod serve;
 mod train;
 
+pub use milvus::{
+    MilvusArgs, MilvusCheckArgs, MilvusCommand, MilvusConnection, MilvusIndexArg, MilvusLoadArgs,
+    MilvusSearchArgs,
+};
 pub use prepare::PrepareArgs;
 pub use retrieve::{EvaluateRetrievalArgs, ExportArgs, IndexArg, RecommendArgs, SplitArg};
 pub use serve::ServeArgs;
@@ -53,6 +58,9 @@ pub enum Command {
     /// Serve a run over HTTP: recommendations for known and new users (the user tower per request),
     /// user vectors, similar items, health, metrics, a page to try it; reload and graceful shutdown.
     Serve(ServeArgs),
+    /// Item embeddings in Milvus (the distributed vector database): load an export, check Milvus's
+    /// top-K against the exact in-process top-K for every user, search for one user.
+    Milvus(MilvusArgs),
 }
 
 /// Parses `args` (the first one is the program name) and runs the subcommand.
@@ -76,6 +84,7 @@ where
         Command::EvaluateRetrieval(args) => retrieve::evaluate(&args),
         Command::Recommend(args) => retrieve::recommend(&args),
         Command::Serve(args) => serve::serve(&args),
+        Command::Milvus(args) => milvus::run(&args),
     }
 }
 

@@ -213,7 +213,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
     println!(
         "scores       {}",
         if manifest.normalized {
-            "inner product of these (L2-normalised) rows = the model's cosine similarity"
+            "inner product of these (L2-normalised) rows = the model's similarity, a cosine"
         } else {
             "inner product of these rows = the model's dot similarity"
         }

@@ -33,8 +33,9 @@ pub struct ExportManifest {
     pub dataset: DatasetRecord,
     /// `dot` or `cosine`.
     pub similarity: &'static str,
-    /// True when the rows were L2-normalised (cosine models), so that the inner product of a user
-    /// and an item row is the model's similarity.
+    /// True when the rows are L2-normalised: a cosine model, or both towers with `l2_normalize` (the
+    /// retrieval recipes). The inner product of a user and an item row is the model's similarity
+    /// either way; here it is also their cosine.
     pub normalized: bool,
     /// The model's logit is the similarity divided by this.
     pub temperature: f32,
@@ -105,13 +106,15 @@ impl Recommender {
         write_embeddings(&out.join(export_files::USERS), &self.users, &model_id)?;
         write_embeddings(&out.join(export_files::ITEMS), &self.items, &model_id)?;
         let dataset = &loaded.dataset;
-        let similarity = loaded.model.config().similarity;
+        let config = loaded.model.config();
+        let similarity = config.similarity;
+        let unit_towers = config.user_tower.l2_normalize && config.item_tower.l2_normalize;
         let manifest = ExportManifest {
             model_id,
             run: absolute(&loaded.run_dir),
             dataset: dataset_record(dataset)?,
             similarity: similarity_name(similarity),
-            normalized: similarity == Similarity::Cosine || unit_rows(&self.items),
+            normalized: similarity == Similarity::Cosine || unit_towers,
             temperature: loaded.model.temperature()?,
             dim: self.users.dim(),
             user_embeddings: ExportedFile {
@@ -152,11 +155,3 @@ impl Recommender {
     }
 }
 
-/// Whether every row has unit L2 norm (to float precision).
-fn unit_rows(matrix: &EmbeddingMatrix) -> bool {
-    !matrix.is_empty()
-        && (0..matrix.len()).all(|i| {
-            let norm_sq: f32 = matrix.row(i).iter().map(|x| x * x).sum();
-            (norm_sq - 1.0).abs() < 1e-4
-        })
-}
