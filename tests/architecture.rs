@@ -135,6 +135,7 @@ fn the_learner_knows_no_protocol_and_tasks_know_no_run_folder() {
         "task/retrieval.rs",
         "step.rs",
         "batches.rs",
+        "mining.rs",
     ] {
         assert_trainer_module_uses_none_of(
             task,

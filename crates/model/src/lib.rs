@@ -77,4 +77,4 @@ pub use config::{
 pub use error::ModelError;
 pub use model::{CONFIG_FILE, Dssm, EMBEDDING_INIT_STD, Mode, WEIGHTS_FILE, parse_device};
 pub use ops::bce_with_logits;
-pub use softmax::{softmax_cross_entropy, softmax_cross_entropy_unfused};
+pub use softmax::{keep_hardest, softmax_cross_entropy, softmax_cross_entropy_unfused};

@@ -107,6 +107,40 @@ pub fn softmax_cross_entropy_unfused(
     log_probabilities.gather(&targets, 1)?.neg()?.mean_all()
 }
 
+/// Keeps only the target and the `keep` highest other logits of one softmax row: every other
+/// finite entry of `logits` becomes `-inf` (left out of the softmax, as an excluded entry is).
+/// Online hard negatives for in-batch softmax: the row's softmax then runs over its positive and
+/// its `keep` hardest negatives. Ties go to the lower column; entries already `-inf` stay out and
+/// do not count.
+///
+/// ```
+/// let mut row = [0.5f32, 3.0, -1.0, 2.0, 1.0];
+/// dssm_model::keep_hardest(&mut row, 0, 2);
+/// assert_eq!(row, [0.5, 3.0, f32::NEG_INFINITY, 2.0, f32::NEG_INFINITY]);
+/// ```
+pub fn keep_hardest(logits: &mut [f32], target: usize, keep: usize) {
+    let mut others: Vec<(f32, u32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|&(j, z)| j != target && *z > f32::NEG_INFINITY)
+        .map(|(j, &z)| (z, j as u32))
+        .collect();
+    if others.len() <= keep {
+        return;
+    }
+    // Hardest first: descending logit, then ascending column (a total order, so the cut is
+    // deterministic).
+    let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    let dropped = if keep == 0 {
+        &mut others[..]
+    } else {
+        others.select_nth_unstable_by(keep - 1, order).2
+    };
+    for &mut (_, j) in dropped {
+        logits[j as usize] = f32::NEG_INFINITY;
+    }
+}
+
 /// A batch's softmax rows: scale, offsets, excluded entries and targets (the CPU engine uses
 /// them too).
 pub(crate) struct SoftmaxRows {
@@ -119,6 +153,11 @@ pub(crate) struct SoftmaxRows {
     pub(crate) targets: Vec<u32>,
     /// Per-row log-sum-exp of the forward pass, reused by the backward.
     pub(crate) log_sum_exp: Mutex<Vec<f32>>,
+    /// Leave the target's logit without its offset (log-Q on the negatives only). Default false.
+    pub(crate) uncorrected_target: bool,
+    /// Keep only the target and this many highest other logits per row ([`keep_hardest`]).
+    /// Default `None`: every column.
+    pub(crate) keep_hardest: Option<usize>,
 }
 
 /// Checks that every excluded `(row, column)` entry lies in a `[rows x columns]` matrix and is
@@ -160,6 +199,8 @@ impl SoftmaxRows {
             excluded,
             targets,
             log_sum_exp: Mutex::new(Vec::new()),
+            uncorrected_target: false,
+            keep_hardest: None,
         }
     }
 
@@ -188,6 +229,13 @@ impl SoftmaxRows {
                 break;
             }
             z[j as usize] = f32::NEG_INFINITY;
+        }
+        let t = self.targets[i] as usize;
+        if self.uncorrected_target {
+            z[t] = scores[t] * self.scale;
+        }
+        if let Some(keep) = self.keep_hardest {
+            keep_hardest(z, t, keep);
         }
     }
 }
@@ -397,6 +445,21 @@ mod tests {
         let g = loss.backward().unwrap();
         let g = g.get(v.as_tensor()).unwrap().flatten_all().unwrap();
         assert_eq!(g.to_vec1::<f32>().unwrap(), [0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn keep_hardest_breaks_ties_by_column_and_skips_excluded_entries() {
+        let ninf = f32::NEG_INFINITY;
+        // Target 2; the others 1, 1, ninf, 0.5: keeping 1 keeps column 0 (the tie's lower one).
+        let mut row = [1.0f32, 1.0, 9.0, ninf, 0.5];
+        keep_hardest(&mut row, 2, 1);
+        assert_eq!(row, [1.0, ninf, 9.0, ninf, ninf]);
+        // Fewer candidates than `keep`: nothing changes; keep 0: the target alone.
+        let mut row = [1.0f32, ninf, 2.0];
+        keep_hardest(&mut row, 0, 1);
+        assert_eq!(row, [1.0, ninf, 2.0]);
+        keep_hardest(&mut row, 0, 0);
+        assert_eq!(row, [1.0, ninf, ninf]);
     }
 
     #[test]

@@ -132,4 +132,20 @@ pub enum SamplerError {
         /// Number of items the [`UserItems`](crate::UserItems) were built for.
         positives_items: usize,
     },
+
+    /// A band of ranks is not `1 <= first <= last`.
+    #[error("invalid band of ranks {first}..={last}: expected 1 <= first <= last")]
+    InvalidBand {
+        /// The first rank given.
+        first: usize,
+        /// The last rank given.
+        last: usize,
+    },
+
+    /// A share of hard negatives is outside `[0, 1]`.
+    #[error("invalid hard-negative fraction {fraction}: expected a number in [0, 1]")]
+    InvalidFraction {
+        /// The fraction given.
+        fraction: f64,
+    },
 }

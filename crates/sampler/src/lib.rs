@@ -13,6 +13,11 @@
 //! probability of any item under the strategy ([`NegativeSampler::probability`]), for the log-Q
 //! correction of sampled or in-batch softmax.
 //!
+//! Hard negatives mined offline (Facebook's embedding-based retrieval): [`BandNegatives`] keeps
+//! the items at a band of ranks of each user's ranking by a model (EBR: 101-500, positives left
+//! out), [`MixedSampler`] draws a share of the negatives from it and the rest from one of the
+//! samplers above, and [`fill_mixed_negatives`] fills a batch as [`fill_negatives`] does.
+//!
 //! # Exclusion
 //!
 //! `sample_excluding` draws from the proposal and rejects positives, up to `max_retries` draws
@@ -80,6 +85,7 @@
 
 use rand::Rng;
 
+mod band;
 mod batch;
 mod error;
 mod popularity;
@@ -89,6 +95,7 @@ mod rng;
 mod test_support;
 mod uniform;
 
+pub use band::{BandNegatives, MixedSampler, RankBand, fill_mixed_negatives};
 pub use batch::{FILL_CHUNK_LEN, fill_negatives, fill_negatives_serial};
 pub use error::SamplerError;
 pub use popularity::{DEFAULT_ALPHA, PopularitySampler, PopularitySamplerBuilder};

@@ -202,6 +202,8 @@ fn bench(c: &mut Criterion) {
                     scale: 20.0,
                     column_offsets: Some(&log_q),
                     excluded: &[],
+                    uncorrected_target: false,
+                    keep_hardest: None,
                 };
                 engine
                     .in_batch_softmax_step(users, items, &loss, (None, None))

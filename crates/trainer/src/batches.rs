@@ -15,10 +15,12 @@ use crate::config::{LossKind, RunConfig, SamplerStrategy};
 use crate::error::TrainError;
 use crate::inputs::{Inputs, SplitRows};
 use crate::logq::ItemQ;
+use crate::mining::Mining;
 use crate::seeds::{
-    STREAM_NEGATIVE_ITEMS, STREAM_NEGATIVE_USERS, STREAM_SHARED_NEGATIVES, STREAM_SHUFFLE,
-    derive_seed,
+    STREAM_HARD_NEGATIVES, STREAM_NEGATIVE_ITEMS, STREAM_NEGATIVE_USERS, STREAM_SHARED_NEGATIVES,
+    STREAM_SHUFFLE, derive_seed,
 };
+use crate::tables::SideTable;
 
 /// The training rows of one epoch.
 pub(crate) struct EpochRows {
@@ -148,6 +150,8 @@ pub(crate) struct EpochBuilder<'a> {
     /// interaction (`leave-last-out`).
     labels: Vec<f32>,
     n_users: u32,
+    /// Offline hard negatives (`sampler.hard.mine_every`).
+    mining: Option<Mining>,
 }
 
 impl<'a> EpochBuilder<'a> {
@@ -201,7 +205,40 @@ impl<'a> EpochBuilder<'a> {
             positives,
             labels,
             n_users: inputs.users.rows() as u32,
+            mining: None,
         })
+    }
+
+    /// The builder with offline hard negatives, built by the task (`None`: off). `queries` has
+    /// one row per base user as a query sees it; `base_users[u]` is the base user of the train
+    /// rows' user id `u`.
+    pub(crate) fn with_mining(
+        mut self,
+        inputs: &Inputs,
+        queries: SideTable,
+        base_users: Vec<u32>,
+    ) -> Result<Self, TrainError> {
+        self.mining = Mining::new(
+            self.config,
+            queries,
+            base_users,
+            (&self.train.users, &self.train.items),
+            &inputs.dataset.items.train_count,
+        )?;
+        Ok(self)
+    }
+
+    /// Mines hard negatives with `model` before `epoch` when due (see [`Mining::prepare`]).
+    pub(crate) fn prepare(
+        &self,
+        epoch: usize,
+        model: &dssm_model::Dssm,
+        inputs: &Inputs,
+    ) -> Result<(), TrainError> {
+        match &self.mining {
+            Some(mining) => mining.prepare(epoch, model, &inputs.model_config, &inputs.items),
+            None => Ok(()),
+        }
     }
 
     /// `per_user` sampled negatives for each of `users`, without their train items when
@@ -213,6 +250,12 @@ impl<'a> EpochBuilder<'a> {
         per_user: usize,
         epoch: usize,
     ) -> Result<Vec<u32>, TrainError> {
+        if let Some(mining) = &self.mining {
+            let seed = derive_seed(self.config.train.seed, epoch, STREAM_HARD_NEGATIVES, 0);
+            if let Some(mixed) = mining.draw(sampler, users, per_user, (seed, epoch as u64))? {
+                return Ok(mixed);
+            }
+        }
         let mut negatives = vec![0u32; users.len() * per_user];
         fill_negatives(
             sampler,
@@ -249,7 +292,29 @@ impl<'a> EpochBuilder<'a> {
         let mut users = self.train.users.clone();
         let mut items = self.train.items.clone();
         let mut labels = self.labels.clone();
+        let hard = match &self.mining {
+            Some(mining) => mining.active()?,
+            None => false,
+        };
         if let Some(sampler) = &self.sampler
+            && k > 0
+            && hard
+        {
+            // Each positive's k negatives pair its own user with mixed items (hard ones from
+            // the user's band, the rest from the strategy).
+            let positive_users: Vec<u32> = self
+                .positives
+                .iter()
+                .map(|&i| self.train.users[i])
+                .collect();
+            let negative_items = self.draw(sampler, &positive_users, k, epoch)?;
+            let negative_users = positive_users
+                .iter()
+                .flat_map(|&u| std::iter::repeat_n(u, k));
+            users.extend(negative_users);
+            items.extend_from_slice(&negative_items);
+            labels.resize(users.len(), 0.0);
+        } else if let Some(sampler) = &self.sampler
             && k > 0
         {
             let n = self.positives.len() * k;

@@ -405,6 +405,8 @@ pub struct SamplerConfig {
     pub alpha: f64,
     /// Drop a sampled (user, item) pair that is a rated train pair. Default true.
     pub exclude_positives: bool,
+    /// `[sampler.hard]`: hard negatives, mined offline or picked online. Default off.
+    pub hard: HardNegativesConfig,
 }
 
 impl Default for SamplerConfig {
@@ -414,7 +416,96 @@ impl Default for SamplerConfig {
             negatives_per_positive: 5,
             alpha: 1.0,
             exclude_positives: true,
+            hard: HardNegativesConfig::default(),
         }
+    }
+}
+
+/// `[sampler.hard]`: hard negatives (issue 17). Both kinds are off by default.
+///
+/// Offline (`mine_every > 0`; losses with per-row negatives: `bce`, `bpr`, `sampled_softmax`), as
+/// Facebook's embedding-based retrieval does it: before every `mine_every`-th epoch the current
+/// model ranks the catalogue for each training user (its train items left out), and each of a
+/// positive's `sampler.negatives_per_positive` negatives comes, with probability `fraction`, from
+/// the ranks `band[0]..=band[1]` of its user's ranking, otherwise from the `[sampler]` strategy.
+/// The first `mine_every` epochs use the strategy alone (the model is still random).
+///
+/// Online (`online > 0`; `in_batch_softmax`): each row's softmax keeps its positive and only the
+/// `online` highest-scoring other columns of the batch (logits after the temperature, log-Q and
+/// the accidental-hit mask); the rest are dropped from that row's softmax.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HardNegativesConfig {
+    /// Mine hard negatives before every epoch that is a positive multiple of this; 0 turns
+    /// offline mining off. Default 0.
+    pub mine_every: usize,
+    /// The band of ranks (1-based, inclusive) hard negatives come from. Default `[101, 500]`.
+    pub band: [usize; 2],
+    /// Share of each positive's negatives drawn from the band, in [0, 1]. Default 0.5.
+    pub fraction: f64,
+    /// In-batch softmax: the hardest other columns each row keeps; 0 keeps all. Default 0.
+    pub online: usize,
+}
+
+impl Default for HardNegativesConfig {
+    fn default() -> Self {
+        Self {
+            mine_every: 0,
+            band: [101, 500],
+            fraction: 0.5,
+            online: 0,
+        }
+    }
+}
+
+impl HardNegativesConfig {
+    /// The `[sampler.hard]` checks; `config` for the combinations.
+    fn check(&self, config: &RunConfig) -> Result<(), ConfigError> {
+        let [first, last] = self.band;
+        if first == 0 || first > last {
+            return Err(invalid(
+                "sampler.hard.band",
+                format!("[{first}, {last}]"),
+                "[first, last] ranks with 1 <= first <= last",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.fraction) {
+            return Err(invalid(
+                "sampler.hard.fraction",
+                self.fraction,
+                "a number in [0, 1]",
+            ));
+        }
+        let (loss, sampler) = (config.loss.kind, &config.sampler);
+        let sequence = config.model.sequence.enabled;
+        if self.mine_every > 0 {
+            if !matches!(
+                loss,
+                LossKind::Bce | LossKind::Bpr | LossKind::SampledSoftmax
+            ) || sequence
+            {
+                return Err(invalid(
+                    "sampler.hard.mine_every",
+                    self.mine_every,
+                    "0 unless loss.kind is bce, bpr or sampled_softmax without model.sequence                      (in-batch softmax: sampler.hard.online)",
+                ));
+            }
+            if sampler.strategy == SamplerStrategy::None || sampler.negatives_per_positive == 0 {
+                return Err(invalid(
+                    "sampler.hard.mine_every",
+                    self.mine_every,
+                    "0 unless sampler.strategy is `uniform` or `popularity` with                      negatives_per_positive >= 1 (the hard negatives replace some of them)",
+                ));
+            }
+        }
+        if self.online > 0 && (loss != LossKind::InBatchSoftmax || sequence) {
+            return Err(invalid(
+                "sampler.hard.online",
+                self.online,
+                "0 unless loss.kind is in_batch_softmax without model.sequence",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -449,6 +540,22 @@ pub struct LossConfig {
     /// in-batch negatives follow popularity, these reach the long tail. With the log-Q correction
     /// a column's q is its expected count, `B q_batch(item) + K q_sampler(item)`. Default 0.
     pub shared_negatives: usize,
+    /// With `logq_correction`: which logits are corrected, `all` (every column, the positive's
+    /// too) or `negatives_only` (the positive's logit is left as it is: "Correcting the LogQ
+    /// Correction", RecSys 2025). Default `all`.
+    pub logq: LogQTarget,
+}
+
+/// Which logits the log-Q correction subtracts ln q from (`loss.logq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogQTarget {
+    /// Every logit, the positive's included (the sampled-softmax correction of Bengio and
+    /// Senecal, and of Yi et al. 2019).
+    #[default]
+    All,
+    /// The negatives' logits only; the positive keeps its raw logit.
+    NegativesOnly,
 }
 
 impl Default for LossConfig {
@@ -458,6 +565,7 @@ impl Default for LossConfig {
             temperature: 1.0,
             logq_correction: false,
             shared_negatives: 0,
+            logq: LogQTarget::All,
         }
     }
 }
@@ -869,6 +977,16 @@ impl RunConfig {
                 "false unless loss.kind is in_batch_softmax or sampled_softmax",
             ));
         }
+        if self.loss.logq == LogQTarget::NegativesOnly
+            && (!self.loss.logq_correction || self.model.sequence.enabled)
+        {
+            return Err(invalid(
+                "loss.logq",
+                "\"negatives_only\"",
+                "\"all\" unless loss.logq_correction is true (and model.sequence is off)",
+            ));
+        }
+        self.sampler.hard.check(self)?;
         let o = &self.optimizer;
         positive_finite("optimizer.lr", o.lr)?;
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
@@ -1268,6 +1386,53 @@ dir = "runs/x"
         let text = GOOD.replace("kind = \"bce\"", "kind = \"bce\"\nshared_negatives = 16");
         let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
         assert!(message.contains("loss.shared_negatives"), "{message}");
+    }
+
+    #[test]
+    fn hard_negative_keys_are_checked_by_name() {
+        let message = |text: &str| RunConfig::from_toml_str(text).unwrap_err().to_string();
+        let hard = |keys: &str| GOOD.replace("[loss]", &format!("[sampler.hard]\n{keys}\n[loss]"));
+        let ok =
+            RunConfig::from_toml_str(&hard("mine_every = 2\nband = [11, 50]\nfraction = 0.25"))
+                .unwrap();
+        assert_eq!(ok.sampler.hard.band, [11, 50]);
+        assert!(message(&hard("band = [0, 50]")).contains("sampler.hard.band"));
+        assert!(message(&hard("band = [60, 50]")).contains("sampler.hard.band"));
+        assert!(message(&hard("fraction = 1.5")).contains("sampler.hard.fraction"));
+        assert!(message(&hard("online = 4")).contains("sampler.hard.online"));
+        assert!(message(&hard("bnad = [1, 2]")).contains("bnad"));
+        let no_sampler = hard("mine_every = 1").replace("\"popularity\"", "\"none\"");
+        assert!(message(&no_sampler).contains("sampler.hard.mine_every"));
+        let in_batch =
+            hard("mine_every = 1").replace("kind = \"bce\"", "kind = \"in_batch_softmax\"");
+        assert!(message(&in_batch).contains("sampler.hard.mine_every"));
+        let online = hard("online = 4").replace("kind = \"bce\"", "kind = \"in_batch_softmax\"");
+        assert_eq!(
+            RunConfig::from_toml_str(&online)
+                .unwrap()
+                .sampler
+                .hard
+                .online,
+            4
+        );
+        // loss.logq: "all" (the default) or "negatives_only", which needs the correction.
+        let logq = |value: &str| {
+            GOOD.replace(
+                "kind = \"bce\"",
+                &format!("kind = \"sampled_softmax\"\n{value}"),
+            )
+        };
+        assert_eq!(
+            RunConfig::from_toml_str(&logq("")).unwrap().loss.logq,
+            LogQTarget::All
+        );
+        assert!(message(&logq("logq = \"negatives_only\"")).contains("loss.logq"));
+        let both = logq("logq = \"negatives_only\"\nlogq_correction = true");
+        assert_eq!(
+            RunConfig::from_toml_str(&both).unwrap().loss.logq,
+            LogQTarget::NegativesOnly
+        );
+        assert!(message(&logq("logq = \"positives\"")).contains("negatives_only"));
     }
 
     #[test]

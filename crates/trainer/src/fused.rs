@@ -7,7 +7,7 @@ use candle_core::Device;
 use dssm_model::ModelConfig;
 use dssm_model::engine::{CpuEngine, SideIds, SoftmaxLoss, check_supported};
 
-use crate::config::{EngineKind, LossKind, RunConfig};
+use crate::config::{EngineKind, LogQTarget, LossKind, RunConfig};
 use crate::error::TrainError;
 use crate::tables::{GatherBuffers, SideTable};
 
@@ -107,10 +107,13 @@ pub(crate) fn fused_loss(
                 None => None,
             };
             let excluded = crate::loss::accidental_hits(item_rows, batch.users.len());
+            let online = config.sampler.hard.online;
             let loss = SoftmaxLoss {
                 scale: (1.0 / config.loss.temperature) as f32,
                 column_offsets: offsets,
                 excluded: &excluded,
+                uncorrected_target: config.loss.logq == LogQTarget::NegativesOnly,
+                keep_hardest: (online > 0).then_some(online),
             };
             engine.in_batch_softmax_step(&users, &items, &loss, (Some(seed), Some(seed ^ 1)))
         }

@@ -142,6 +142,7 @@ impl<'a> Learner<'a> {
     fn epoch<T: Task>(&mut self, task: &T) -> Result<(), TrainError> {
         let epoch = self.state.epoch; // 0-based index of the epoch being trained
         let epoch_started = Instant::now();
+        task.prepare_epoch(epoch, &self.model)?;
         let batches = task.epoch(epoch)?;
         let (loss, lr) = self.train_steps(task, &batches, epoch)?;
         if let Some(engine) = &self.engine {

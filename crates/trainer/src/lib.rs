@@ -92,6 +92,7 @@ mod learner;
 mod logq;
 pub mod loss;
 pub mod metrics;
+mod mining;
 pub mod optim;
 mod plot;
 pub mod policy;

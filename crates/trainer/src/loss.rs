@@ -47,13 +47,106 @@ pub fn in_batch_softmax(
     log_q: Option<&Tensor>,
     item_ids: Option<&[u32]>,
 ) -> Result<Tensor> {
-    let batch = scores.dim(0)?;
-    let excluded = match item_ids {
-        Some(ids) => accidental_hits(&ids[..scores.dim(1)?.min(ids.len())], batch),
+    in_batch_softmax_with(
+        scores,
+        temperature,
+        log_q,
+        item_ids,
+        InBatchOptions::default(),
+    )
+}
+
+/// The options of [`in_batch_softmax_with`] beyond [`in_batch_softmax`]'s; the default changes
+/// nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InBatchOptions {
+    /// Leave each row's positive (column i of row i) without its log-Q offset: the correction
+    /// on the negatives only (`loss.logq = "negatives_only"`).
+    pub uncorrected_target: bool,
+    /// Keep only each row's positive and its N highest other logits, after the temperature,
+    /// log-Q and the accidental-hit mask; the other columns leave that row's softmax (online
+    /// hard negatives, `sampler.hard.online`). `None` keeps every column.
+    pub keep_hardest: Option<usize>,
+}
+
+/// [`in_batch_softmax`] with [`InBatchOptions`]. Both options become what the fused kernel
+/// already takes: per-entry offsets (the row's own column at 0) and more excluded entries (the
+/// columns below each row's N-th hardest, read from the scores on the host; which columns are
+/// kept is a step function of the scores, so no gradient flows through the choice). The CPU
+/// engine applies the same rules inside its kernel ([`dssm_model::keep_hardest`]).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use dssm_trainer::loss::{InBatchOptions, in_batch_softmax_with};
+/// // Row 0 keeps its positive (1) and its hardest negative (column 2, score 3): -ln(e / (e + e^3)).
+/// let scores = Tensor::new(&[[1f32, 0.0, 3.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], &Device::Cpu)?;
+/// let options = InBatchOptions { keep_hardest: Some(1), ..Default::default() };
+/// let loss = in_batch_softmax_with(&scores, 1.0, None, None, options)?.to_scalar::<f32>()?;
+/// // Rows 1 and 2: the positive (1) and one of the two zeros: -ln(e / (e + 1)).
+/// let (row0, other) = ((1.0 + 2f32.exp()).ln(), (1.0 + (-1f32).exp()).ln());
+/// assert!((loss - (row0 + 2.0 * other) / 3.0).abs() < 1e-5);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn in_batch_softmax_with(
+    scores: &Tensor,
+    temperature: f64,
+    log_q: Option<&Tensor>,
+    item_ids: Option<&[u32]>,
+    options: InBatchOptions,
+) -> Result<Tensor> {
+    let (batch, columns) = scores.dims2()?;
+    let mut excluded = match item_ids {
+        Some(ids) => accidental_hits(&ids[..columns.min(ids.len())], batch),
         None => Vec::new(),
     };
     let targets: Vec<u32> = (0..batch as u32).collect();
-    dssm_model::softmax_cross_entropy(scores, 1.0 / temperature, log_q, &excluded, &targets)
+    let scale = 1.0 / temperature;
+    // Per-entry offsets: row i's own column uncorrected.
+    let column_offsets = match log_q {
+        Some(q) => Some(q.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?),
+        None => None,
+    };
+    let entry_offset = |i: usize, j: usize| match &column_offsets {
+        Some(o) if !(options.uncorrected_target && i == j) => o[j],
+        _ => 0.0,
+    };
+    let per_entry = match &column_offsets {
+        Some(_) if options.uncorrected_target => {
+            let values: Vec<f32> = (0..batch * columns)
+                .map(|k| entry_offset(k / columns, k % columns))
+                .collect();
+            Some(Tensor::from_vec(values, (batch, columns), scores.device())?)
+        }
+        _ => None,
+    };
+    let offsets = per_entry.as_ref().or(log_q);
+    if let Some(keep) = options.keep_hardest {
+        excluded.sort_unstable();
+        let host: Vec<Vec<f32>> = scores.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+        let mut hardest = Vec::new();
+        let mut z = vec![0f32; columns];
+        for (i, row) in host.iter().enumerate() {
+            for (j, (z, &s)) in z.iter_mut().zip(row).enumerate() {
+                *z = s * scale as f32 - entry_offset(i, j);
+            }
+            let from = excluded.partition_point(|&(r, _)| (r as usize) < i);
+            for &(_, j) in excluded[from..]
+                .iter()
+                .take_while(|&&(r, _)| r as usize == i)
+            {
+                z[j as usize] = f32::NEG_INFINITY;
+            }
+            let before: Vec<bool> = z.iter().map(|v| *v == f32::NEG_INFINITY).collect();
+            dssm_model::keep_hardest(&mut z, i, keep);
+            hardest.extend(
+                (0..columns)
+                    .filter(|&j| !before[j] && z[j] == f32::NEG_INFINITY)
+                    .map(|j| (i as u32, j as u32)),
+            );
+        }
+        excluded.extend(hardest);
+    }
+    dssm_model::softmax_cross_entropy(scores, scale, offsets, &excluded, &targets)
 }
 
 /// The accidental hits of an in-batch softmax whose column `j` holds item `item_ids[j]` and whose
@@ -195,6 +288,68 @@ mod tests {
         let row1 = -(e(1.0) / (e(0.0) + e(1.0) + e(-1.0))).ln();
         let value = scalar(in_batch_softmax(&scores, 1.0, None, Some(&[5, 6, 6, 9])).unwrap());
         close(value, (row0 + row1) / 2.0);
+    }
+
+    #[test]
+    fn log_q_on_the_negatives_only_hand_value() {
+        // log q = [ln 0.5, ln 0.25]; each row's own column keeps its raw score:
+        // row 0 logits [1, 0 - ln 0.25], row 1 logits [0 - ln 0.5, 2].
+        let scores = Tensor::new(&[[1.0f32, 0.0], [0.0, 2.0]], &Device::Cpu).unwrap();
+        let log_q = t1(&[0.5f32.ln(), 0.25f32.ln()]);
+        let row0 = -(1f32.exp() / (1f32.exp() + 4f32)).ln();
+        let row1 = -(2f32.exp() / (2f32 + 2f32.exp())).ln();
+        let options = InBatchOptions {
+            uncorrected_target: true,
+            keep_hardest: None,
+        };
+        let value = in_batch_softmax_with(&scores, 1.0, Some(&log_q), None, options).unwrap();
+        close(scalar(value), (row0 + row1) / 2.0);
+        // The gradient of row 0's positive score is p - 1 over the uncorrected logits (mean over
+        // 2 rows): (e / (e + 4) - 1) / 2.
+        let v = Var::from_tensor(&scores).unwrap();
+        let loss = in_batch_softmax_with(v.as_tensor(), 1.0, Some(&log_q), None, options).unwrap();
+        let g = loss.backward().unwrap();
+        let g = g.get(v.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        close(g[0][0], (1f32.exp() / (1f32.exp() + 4.0) - 1.0) / 2.0);
+        // Without the option it is the correction of every logit (the test above).
+        let all = in_batch_softmax_with(&scores, 1.0, Some(&log_q), None, Default::default());
+        let every = in_batch_softmax(&scores, 1.0, Some(&log_q), None).unwrap();
+        close(scalar(all.unwrap()), scalar(every));
+    }
+
+    #[test]
+    fn online_hardest_negatives_hand_value() {
+        // Three rows, temperature 0.5 (scale 2), keep the 1 hardest other column per row:
+        // row 0 logits [2, 4, 0]: keeps columns 0 and 1; row 1 [0, 2, 2]: keeps 1 and 2 (0 is
+        // lower); row 2 [6, 0, 1]: keeps 2 and 0.
+        let scores = Tensor::new(
+            &[[1.0f32, 2.0, 0.0], [0.0, 1.0, 1.0], [3.0, 0.0, 0.5]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let e = |x: f32| x.exp();
+        let row0 = -(e(2.0) / (e(2.0) + e(4.0))).ln();
+        let row1 = -(e(2.0) / (e(2.0) + e(2.0))).ln();
+        let row2 = -(e(1.0) / (e(6.0) + e(1.0))).ln();
+        let options = InBatchOptions {
+            uncorrected_target: false,
+            keep_hardest: Some(1),
+        };
+        let value = in_batch_softmax_with(&scores, 0.5, None, None, options).unwrap();
+        close(scalar(value), (row0 + row1 + row2) / 3.0);
+        // An accidental hit leaves first: rows 0 and 2 hold the same item, so row 0 loses column
+        // 2 and row 2 column 0; row 2 then keeps column 1 (logit 0).
+        let value = in_batch_softmax_with(&scores, 0.5, None, Some(&[7, 8, 7]), options).unwrap();
+        let row2 = -(e(1.0) / (e(0.0) + e(1.0))).ln();
+        close(scalar(value), (row0 + row1 + row2) / 3.0);
+        // Keeping 2 of 2 others is the plain in-batch softmax.
+        let options = InBatchOptions {
+            keep_hardest: Some(2),
+            ..options
+        };
+        let kept = in_batch_softmax_with(&scores, 0.5, None, None, options).unwrap();
+        let plain = in_batch_softmax(&scores, 0.5, None, None).unwrap();
+        close(scalar(kept), scalar(plain));
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub(crate) const STREAM_DROPOUT: u64 = 4;
 pub(crate) const STREAM_SHARED_NEGATIVES: u64 = 5;
 /// The training windows of long sequences (`model.sequence.windows = "random"`).
 pub(crate) const STREAM_WINDOWS: u64 = 6;
+/// Negatives mixed from the mined bands and the sampler (`sampler.hard.mine_every`).
+pub(crate) const STREAM_HARD_NEGATIVES: u64 = 7;
 
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);

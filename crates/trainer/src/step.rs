@@ -7,7 +7,7 @@ use dssm_model::engine::CpuEngine;
 use dssm_model::{Dssm, Mode, SideBatch};
 
 use crate::batches::EpochRows;
-use crate::config::{LossKind, RunConfig};
+use crate::config::{LogQTarget, LossKind, RunConfig};
 use crate::error::TrainError;
 use crate::fused::{FusedBatch, FusedBuffers, fused_loss};
 use crate::inputs::Inputs;
@@ -143,11 +143,17 @@ fn candle_loss(
             let (u, v) = encode_towers(model, &users, &items, dropout_seed)?;
             let scores = model.score_matrix(&u, &v).map_err(TrainError::model)?;
             let q = in_batch_offsets(item_q, item_rows, b, shared.len(), device)?;
-            crate::loss::in_batch_softmax(
+            let online = config.sampler.hard.online;
+            let options = crate::loss::InBatchOptions {
+                uncorrected_target: config.loss.logq == LogQTarget::NegativesOnly,
+                keep_hardest: (online > 0).then_some(online),
+            };
+            crate::loss::in_batch_softmax_with(
                 &scores,
                 config.loss.temperature,
                 q.as_ref(),
                 Some(item_rows),
+                options,
             )
             .map_err(TrainError::tensor("computing the loss"))
         }
@@ -242,7 +248,13 @@ fn pairwise_loss(
         Some(p) => {
             let positives = &rows.items[start..end];
             let negatives = &rows.negatives[start * k..end * k];
-            let qp = log_q(positives, &[b], |i| p[i], device).map_err(msg)?;
+            // `negatives_only`: the positive's offset is 0 (ln q = 0 for q = 1).
+            let qp = match config.loss.logq {
+                LogQTarget::All => log_q(positives, &[b], |i| p[i], device).map_err(msg)?,
+                LogQTarget::NegativesOnly => {
+                    log_q(positives, &[b], |_| 1.0, device).map_err(msg)?
+                }
+            };
             let qn = log_q(negatives, &[b, k], |i| p[i], device).map_err(msg)?;
             Some((qp, qn))
         }

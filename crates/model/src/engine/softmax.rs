@@ -22,6 +22,12 @@ pub struct SoftmaxLoss<'a> {
     pub column_offsets: Option<&'a [f32]>,
     /// `(row, column)` entries left out of that row's softmax (accidental hits), in any order.
     pub excluded: &'a [(u32, u32)],
+    /// Leave each row's positive (its own column) without the column offset: the log-Q
+    /// correction on the negatives only ("Correcting the LogQ Correction", RecSys 2025).
+    pub uncorrected_target: bool,
+    /// Keep only each row's positive and its `N` highest other logits (after offsets and
+    /// exclusions; [`crate::keep_hardest`]): online hard negatives. `None`: every column.
+    pub keep_hardest: Option<usize>,
 }
 
 /// The step's matrices, kept between steps.
@@ -138,13 +144,15 @@ fn score_and_backpropagate(
     inv_temperature: f32,
     loss: &SoftmaxLoss<'_>,
 ) -> f64 {
-    let rows = SoftmaxRows::new(
+    let mut rows = SoftmaxRows::new(
         inv_temperature * loss.scale,
         (loss.column_offsets.map(<[f32]>::to_vec), false),
         loss.excluded,
         (0..b as u32).collect(),
         c,
     );
+    rows.uncorrected_target = loss.uncorrected_target;
+    rows.keep_hardest = loss.keep_hardest;
     let factor = rows.scale / b.max(1) as f32;
     sw.scores.resize(b * c, 0.0);
     sw.d_users.resize(b * d, 0.0);

@@ -220,6 +220,8 @@ fn in_batch_softmax_step_matches_candle_with_offsets_and_exclusions() {
             scale: scale as f32,
             column_offsets: Some(&offsets),
             excluded: &excluded,
+            uncorrected_target: false,
+            keep_hardest: None,
         };
         let value = engine
             .in_batch_softmax_step(
@@ -237,6 +239,91 @@ fn in_batch_softmax_step_matches_candle_with_offsets_and_exclusions() {
     }
 }
 
+#[test]
+fn in_batch_softmax_step_matches_candle_with_uncorrected_targets_and_hardest_negatives() {
+    let model = random_model(config(0), 6);
+    let (b, c) = (200, 230);
+    let data = batch(b, c, 22);
+    let offsets: Vec<f32> = ids(c, 50, 1, 10).iter().map(|&v| v as f32 / 20.0).collect();
+    let excluded = [(0u32, 5u32), (17, 220), (199, 0)];
+    let (scale, keep) = (20.0, 12);
+    let (su, si) = (41, 42);
+    let u = model
+        .encode_users(
+            &side_batch(&model, Side::User, b, &data.users),
+            Mode::Train { seed: su },
+        )
+        .unwrap();
+    let v = model
+        .encode_items(
+            &side_batch(&model, Side::Item, c, &data.items),
+            Mode::Train { seed: si },
+        )
+        .unwrap();
+    let scores = model.score_matrix(&u, &v).unwrap();
+    // The reference: per-entry offsets without the diagonal, and every entry but the target and
+    // the `keep` highest other logits excluded.
+    let host: Vec<Vec<f32>> = scores.to_vec2().unwrap();
+    let mut entry_offsets = vec![0f32; b * c];
+    let mut all_excluded = excluded.to_vec();
+    for (i, row) in host.iter().enumerate() {
+        let mut z: Vec<f32> = row
+            .iter()
+            .zip(&offsets)
+            .map(|(&s, &o)| s * scale as f32 - o)
+            .collect();
+        z[i] = row[i] * scale as f32;
+        for &(r, j) in &excluded {
+            if r as usize == i {
+                z[j as usize] = f32::NEG_INFINITY;
+            }
+        }
+        crate::keep_hardest(&mut z, i, keep);
+        for (j, &value) in z.iter().enumerate() {
+            entry_offsets[i * c + j] = if j == i { 0.0 } else { offsets[j] };
+            if value == f32::NEG_INFINITY && !excluded.contains(&(i as u32, j as u32)) {
+                all_excluded.push((i as u32, j as u32));
+            }
+        }
+    }
+    let entry_offsets = Tensor::from_vec(entry_offsets, (b, c), &Device::Cpu).unwrap();
+    let targets: Vec<u32> = (0..b as u32).collect();
+    let loss = softmax_cross_entropy(
+        &scores,
+        scale,
+        Some(&entry_offsets),
+        &all_excluded,
+        &targets,
+    )
+    .unwrap();
+    let expected_loss = loss.to_scalar::<f32>().unwrap() as f64;
+    let expected = candle_grads(&model, &loss);
+
+    let mut engine = CpuEngine::new(&model).unwrap();
+    let uc: Vec<&[u32]> = data.users.iter().map(Vec::as_slice).collect();
+    let ic: Vec<&[u32]> = data.items.iter().map(Vec::as_slice).collect();
+    let spec = SoftmaxLoss {
+        scale: scale as f32,
+        column_offsets: Some(&offsets),
+        excluded: &excluded,
+        uncorrected_target: true,
+        keep_hardest: Some(keep),
+    };
+    let value = engine
+        .in_batch_softmax_step(
+            &side_ids(&uc, b),
+            &side_ids(&ic, c),
+            &spec,
+            (Some(su), Some(si)),
+        )
+        .unwrap();
+    assert!(
+        (value - expected_loss).abs() < 1e-4 * expected_loss.max(1.0),
+        "loss {value} vs {expected_loss}"
+    );
+    assert_close(&engine, &expected, "softmax, uncorrected targets, hardest");
+}
+
 /// Loss and gradients of a BCE step, then of an in-batch softmax step, on the same batch.
 type TwoSteps = (f64, Vec<f32>, f64, Vec<f32>);
 
@@ -252,6 +339,8 @@ fn two_steps(engine: &mut CpuEngine, data: &Batch, rows: usize) -> TwoSteps {
         scale: 10.0,
         column_offsets: None,
         excluded: &[],
+        uncorrected_target: false,
+        keep_hardest: None,
     };
     let softmax = engine
         .in_batch_softmax_step(&users, &items, &spec, (None, None))

@@ -41,7 +41,15 @@ pub(crate) trait Task {
     /// Host buffers reused from step to step.
     type Buffers: Default;
 
-    /// The batches of `epoch` (0-based), from (seed, epoch) alone.
+    /// Called before [`epoch`](Self::epoch) with the model as it stands at the start of
+    /// `epoch` (0-based): a task whose batches depend on the model (offline hard-negative
+    /// mining) refreshes that state here. Provided: nothing to do.
+    fn prepare_epoch(&self, _epoch: usize, _model: &Dssm) -> Result<(), TrainError> {
+        Ok(())
+    }
+
+    /// The batches of `epoch` (0-based), from (seed, epoch) alone (and what
+    /// [`prepare_epoch`](Self::prepare_epoch) mined).
     fn epoch(&self, epoch: usize) -> Result<Self::Batches, TrainError>;
 
     /// The loss of batch `step`, computed by `stepper`; dropout masks from `dropout_seed`.

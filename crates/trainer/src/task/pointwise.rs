@@ -27,7 +27,11 @@ impl<'a> PointwiseTask<'a> {
     pub(crate) fn new(config: &'a RunConfig, inputs: Inputs) -> Result<Self, TrainError> {
         let train = inputs.split(Split::Train)?;
         let val = inputs.split(Split::Val)?;
-        let builder = EpochBuilder::new(config, &inputs, train)?;
+        let mut builder = EpochBuilder::new(config, &inputs, train)?;
+        if config.sampler.hard.mine_every > 0 {
+            let identity = (0..inputs.users.rows() as u32).collect();
+            builder = builder.with_mining(&inputs, inputs.users.clone(), identity)?;
+        }
         Ok(Self {
             config,
             inputs,
@@ -40,6 +44,10 @@ impl<'a> PointwiseTask<'a> {
 impl Task for PointwiseTask<'_> {
     type Batches = EpochRows;
     type Buffers = StepBuffers;
+
+    fn prepare_epoch(&self, epoch: usize, model: &Dssm) -> Result<(), TrainError> {
+        self.builder.prepare(epoch, model, &self.inputs)
+    }
 
     fn epoch(&self, epoch: usize) -> Result<EpochRows, TrainError> {
         self.builder.rows(epoch)

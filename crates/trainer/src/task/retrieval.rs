@@ -47,12 +47,35 @@ impl<'a> RetrievalTask<'a> {
         let histories =
             (history_len > 0).then(|| Histories::new(&train.timed(), n_users, history_len));
         let setup = RetrievalSetup::new(n_users, n_items, &train.users, &train.items);
+        // Hard-negative mining ranks for each user as a validation query sees it.
+        let mining_queries = |histories: Option<&Histories>| match histories {
+            Some(h) => {
+                let all: Vec<u32> = (0..n_users as u32).collect();
+                base_users.expand(&all, &h.queries(&all, None))
+            }
+            None => base_users.clone(),
+        };
+        let mining = config.sampler.hard.mine_every > 0;
         let builder = match &histories {
             Some(h) => {
                 inputs.users = base_users.expand(&train.users, &h.train);
-                EpochBuilder::new(config, &inputs, one_user_row_per_interaction(&train))?
+                let rows = one_user_row_per_interaction(&train);
+                let builder = EpochBuilder::new(config, &inputs, rows)?;
+                if mining {
+                    builder.with_mining(&inputs, mining_queries(Some(h)), train.users.clone())?
+                } else {
+                    builder
+                }
             }
-            None => EpochBuilder::new(config, &inputs, train)?,
+            None => {
+                let builder = EpochBuilder::new(config, &inputs, train)?;
+                if mining {
+                    let identity = (0..n_users as u32).collect();
+                    builder.with_mining(&inputs, mining_queries(None), identity)?
+                } else {
+                    builder
+                }
+            }
         };
         let val_held_out = held_out(&setup, &val, histories.is_some());
         let popularity_val = setup
@@ -145,6 +168,10 @@ fn query_users(
 impl Task for RetrievalTask<'_> {
     type Batches = EpochRows;
     type Buffers = StepBuffers;
+
+    fn prepare_epoch(&self, epoch: usize, model: &Dssm) -> Result<(), TrainError> {
+        self.builder.prepare(epoch, model, &self.inputs)
+    }
 
     fn epoch(&self, epoch: usize) -> Result<EpochRows, TrainError> {
         self.builder.rows(epoch)

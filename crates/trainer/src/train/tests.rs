@@ -1050,3 +1050,5 @@ fn train_rows_of(config: &RunConfig) -> usize {
     config.train.epochs = 1;
     train(&config, &TrainOptions::default()).unwrap().epochs[0].train_rows
 }
+
+mod hard;
