@@ -36,6 +36,10 @@ const DSSM_STEPS: &[(&str, &str)] = &[
         "leave-last-out HR/NDCG/MRR of a run, beside the popularity baseline",
     ),
     (
+        "explain",
+        "SENet weight of each field per tower over the validation rows, overall and per segment",
+    ),
+    (
         "serve",
         "serve a run over HTTP (recommend, user vectors, similar items, health, metrics, a page)",
     ),

@@ -12,6 +12,7 @@ use std::ffi::OsString;
 
 use clap::{Parser, Subcommand};
 
+mod explain;
 mod milvus;
 mod prepare;
 mod progress;
@@ -19,6 +20,7 @@ mod retrieve;
 mod serve;
 mod train;
 
+pub use explain::ExplainArgs;
 pub use milvus::{
     MilvusArgs, MilvusCheckArgs, MilvusCommand, MilvusConnection, MilvusIndexArg, MilvusLoadArgs,
     MilvusSearchArgs,
@@ -55,6 +57,10 @@ pub enum Command {
     EvaluateRetrieval(EvaluateRetrievalArgs),
     /// Top-K movies for a known user (by id) or a new one (features), after recent movies if given.
     Recommend(RecommendArgs),
+    /// The SENet weight of each field of each tower over the validation rows, overall and per
+    /// segment (users by a user feature such as age, items by a popularity bucket); writes
+    /// senet-importance.json and senet-importance.svg into the run folder.
+    Explain(ExplainArgs),
     /// Serve a run over HTTP: recommendations for known and new users (the user tower per request),
     /// user vectors, similar items, health, metrics, a page to try it; reload and graceful shutdown.
     Serve(ServeArgs),
@@ -83,6 +89,7 @@ where
         Command::Export(args) => retrieve::export(&args),
         Command::EvaluateRetrieval(args) => retrieve::evaluate(&args),
         Command::Recommend(args) => retrieve::recommend(&args),
+        Command::Explain(args) => explain::explain(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::Milvus(args) => milvus::run(&args),
     }

@@ -141,10 +141,30 @@ pub enum Activation {
 /// Negative slope of [`Activation::LeakyRelu`].
 pub const LEAKY_RELU_SLOPE: f64 = 0.01;
 
-/// One tower's MLP.
+/// A branch of a parallel tower: what runs side by side on the tower's field embeddings (after
+/// SENet when it is on). Every branch ends at the tower's output width (`hidden`'s last entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Branch {
+    /// The MLP of [`TowerConfig::hidden`] on the flattened field embeddings.
+    Mlp,
+    /// A DCN-v2 cross network on the flattened field embeddings `x0`:
+    /// `x_{l+1} = x0 * (W_l x_l + b_l) + x_l` for [`TowerConfig::cross_layers`] layers, then a
+    /// linear projection to the output width.
+    Cross,
+    /// The FM bi-interaction `0.5 * ((sum_f v_f)^2 - sum_f v_f^2)` of the field embeddings `v_f`
+    /// (one embedding-wide vector), then a linear projection to the output width.
+    Fm,
+}
+
+/// One tower's MLP, and the branches that run beside it (parallel towers).
 ///
 /// Layout: `Linear -> activation -> dropout` for every hidden layer but the last, which is a plain linear
 /// layer (no activation, no dropout), then optional L2 normalisation.
+///
+/// With more branches than the MLP alone, the score is a learned linear layer over the products of
+/// each branch's user and item outputs (see [`ModelConfig::output_dim`] for how it folds into one
+/// dot product).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TowerConfig {
@@ -156,7 +176,17 @@ pub struct TowerConfig {
     pub dropout: f32,
     /// Divide the output by its L2 norm. Default `false`.
     pub l2_normalize: bool,
+    /// Branches side by side, each at most once, the same list on both towers. Default
+    /// `[Mlp]`: the plain tower (not written to `model.json`, so older files read the same).
+    #[serde(skip_serializing_if = "TowerConfig::is_mlp_only")]
+    pub branches: Vec<Branch>,
+    /// Layers of the [`Branch::Cross`] network. Default [`DEFAULT_CROSS_LAYERS`].
+    #[serde(skip_serializing_if = "TowerConfig::is_default_cross_layers")]
+    pub cross_layers: usize,
 }
+
+/// Default [`TowerConfig::cross_layers`].
+pub const DEFAULT_CROSS_LAYERS: usize = 2;
 
 impl Default for TowerConfig {
     fn default() -> Self {
@@ -165,6 +195,8 @@ impl Default for TowerConfig {
             activation: Activation::LeakyRelu,
             dropout: 0.2,
             l2_normalize: false,
+            branches: vec![Branch::Mlp],
+            cross_layers: DEFAULT_CROSS_LAYERS,
         }
     }
 }
@@ -351,6 +383,19 @@ impl FeatureSpec {
 }
 
 impl TowerConfig {
+    fn is_mlp_only(branches: &[Branch]) -> bool {
+        branches == [Branch::Mlp]
+    }
+
+    fn is_default_cross_layers(layers: &usize) -> bool {
+        *layers == DEFAULT_CROSS_LAYERS
+    }
+
+    /// Whether the tower has branches beside (or instead of) the MLP alone.
+    pub fn is_parallel(&self) -> bool {
+        !Self::is_mlp_only(&self.branches)
+    }
+
     /// Checks widths and dropout; `prefix` names the tower in errors.
     pub fn check(&self, prefix: &str) -> Result<(), ConfigError> {
         if self.hidden.is_empty() {
@@ -371,6 +416,26 @@ impl TowerConfig {
                 format!("must be in [0, 1), got {}", self.dropout),
             ));
         }
+        if self.branches.is_empty() {
+            return Err(bad(
+                format!("{prefix}.branches"),
+                "must list at least one branch",
+            ));
+        }
+        for (i, b) in self.branches.iter().enumerate() {
+            if self.branches[..i].contains(b) {
+                return Err(bad(
+                    format!("{prefix}.branches"),
+                    format!("{b:?} is listed twice"),
+                ));
+            }
+        }
+        if self.branches.contains(&Branch::Cross) && self.cross_layers == 0 {
+            return Err(bad(
+                format!("{prefix}.cross_layers"),
+                "must be > 0 with a cross branch",
+            ));
+        }
         Ok(())
     }
 }
@@ -389,9 +454,27 @@ impl ModelConfig {
         }
     }
 
-    /// Output (embedding) width of the towers.
-    pub fn output_dim(&self) -> usize {
+    /// Whether the towers are parallel (branches other than the MLP alone).
+    pub fn is_parallel(&self) -> bool {
+        self.user_tower.is_parallel()
+    }
+
+    /// Output width of each branch: the last of `hidden`.
+    pub fn branch_dim(&self) -> usize {
         self.user_tower.hidden.last().copied().unwrap_or(0)
+    }
+
+    /// Output (embedding) width of the towers: [`ModelConfig::branch_dim`] for the plain towers.
+    ///
+    /// Parallel towers fold the scoring layer (weights `w_b` per branch `b`, a bias `c`) into the
+    /// vectors, so the score stays one dot product: the user vector is `concat_b(w_b * u_b)`
+    /// then `c`, the item vector `concat_b(i_b)` then `1`; `branches * branch_dim + 1` wide.
+    pub fn output_dim(&self) -> usize {
+        if self.is_parallel() {
+            self.user_tower.branches.len() * self.branch_dim() + 1
+        } else {
+            self.branch_dim()
+        }
     }
 
     /// Validates the whole configuration; the error names the first offending field.
@@ -519,12 +602,67 @@ impl ModelConfig {
             }
             _ => {}
         }
+        self.check_branches()?;
         if let Some(sequence) = &self.sequence {
             let items: Vec<&str> = self
                 .side_features(Side::Item)
                 .map(|f| f.name.as_str())
                 .collect();
             sequence.check(self.output_dim(), &items)?;
+        }
+        Ok(())
+    }
+}
+
+impl ModelConfig {
+    /// Parallel towers: one branch list for both towers, the dot product, no L2 normalisation
+    /// or sequence tower (the folded vectors would not score the same), one width for FM.
+    fn check_branches(&self) -> Result<(), ConfigError> {
+        if self.item_tower.branches != self.user_tower.branches {
+            return Err(bad(
+                "item_tower.branches",
+                format!(
+                    "{:?} differs from user_tower's {:?} (each branch pairs a user and an item output)",
+                    self.item_tower.branches, self.user_tower.branches
+                ),
+            ));
+        }
+        if !self.is_parallel() {
+            return Ok(());
+        }
+        let problem = if self.similarity != Similarity::Dot {
+            Some(("similarity", "must be dot with parallel towers"))
+        } else if self.user_tower.l2_normalize {
+            Some((
+                "user_tower.l2_normalize",
+                "must be false with parallel towers",
+            ))
+        } else if self.item_tower.l2_normalize {
+            Some((
+                "item_tower.l2_normalize",
+                "must be false with parallel towers",
+            ))
+        } else if self.sequence.is_some() {
+            Some(("sequence", "does not combine with parallel towers"))
+        } else {
+            None
+        };
+        if let Some((field, problem)) = problem {
+            return Err(bad(field, problem));
+        }
+        if self.user_tower.branches.contains(&Branch::Fm) {
+            for side in [Side::User, Side::Item] {
+                let mut dims = self
+                    .side_features(side)
+                    .map(|f| f.effective_dim(self.embedding_dim));
+                let first = dims.next();
+                if dims.any(|d| Some(d) != first) {
+                    return Err(bad(
+                        "features.embedding_dim",
+                        format!("the fm branch needs one embedding width for all {side} fields"),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -15,6 +15,11 @@
 //!    rescale that example's fields.
 //! 3. Flatten to `[B, F * E]` and the MLP: `Linear -> activation -> dropout` between layers, a plain
 //!    linear last layer, optional L2 normalisation.
+//! 4. Parallel towers (optional, [`TowerConfig::branches`]): beside the MLP, on the same inputs, a
+//!    DCN-v2 cross network and an FM bi-interaction, each projected to the output width. The score
+//!    is a learned linear layer over the products of each branch's user and item outputs; its
+//!    weights fold into the user vector (see [`ModelConfig::output_dim`]), so retrieval stays one
+//!    dot product over precomputed item vectors.
 //!
 //! The score is `similarity(user, item) / temperature`, a logit.
 //!
@@ -54,6 +59,7 @@
 #![deny(missing_docs)]
 
 mod batch;
+mod branches;
 mod catalogue;
 mod config;
 mod dropout;
@@ -70,9 +76,9 @@ mod tests;
 pub use batch::{HostColumn, SideBatch};
 pub use catalogue::catalogue_softmax_cross_entropy;
 pub use config::{
-    Activation, ConfigError, FeatureKind, FeatureSpec, LEAKY_RELU_SLOPE, ModelConfig, Pooling,
-    SenetConfig, SequenceConfig, SequenceItems, Side, Similarity, Squeeze, Temperature,
-    TowerConfig,
+    Activation, Branch, ConfigError, DEFAULT_CROSS_LAYERS, FeatureKind, FeatureSpec,
+    LEAKY_RELU_SLOPE, ModelConfig, Pooling, SenetConfig, SequenceConfig, SequenceItems, Side,
+    Similarity, Squeeze, Temperature, TowerConfig,
 };
 pub use error::ModelError;
 pub use model::{CONFIG_FILE, Dssm, EMBEDDING_INIT_STD, Mode, WEIGHTS_FILE, parse_device};

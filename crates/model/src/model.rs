@@ -9,7 +9,10 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::batch::SideBatch;
-use crate::config::{FeatureKind, ModelConfig, Pooling, Side, Similarity, Squeeze, Temperature};
+use crate::branches::{Combine, cross_network, fm_interaction};
+use crate::config::{
+    Branch, FeatureKind, ModelConfig, Pooling, Side, Similarity, Squeeze, Temperature,
+};
 use crate::dropout::dropout_mask;
 use crate::error::ModelError;
 use crate::ops::{Act, bias_act};
@@ -112,6 +115,12 @@ pub(crate) struct Tower {
     act: Act,
     dropout: f32,
     l2_normalize: bool,
+    /// The branches in config order; `[Mlp]` for the plain tower.
+    branches: Vec<Branch>,
+    /// The cross network's layers, then its projection (empty without a cross branch).
+    cross: Vec<Linear>,
+    /// The FM branch's projection.
+    fm: Option<Linear>,
 }
 
 /// The DSSM two-tower model: per-side field embeddings, optional SENet, MLP towers and a scaled similarity.
@@ -125,6 +134,8 @@ pub struct Dssm {
     pub(crate) item: Tower,
     log_temperature: Option<Var>,
     sequence: Option<SequenceTower>,
+    /// The scoring layer of parallel towers.
+    combine: Option<Combine>,
     named_vars: Vec<(String, Var)>,
     fused: bool,
 }
@@ -274,12 +285,33 @@ impl Tower {
             None => None,
         };
         let tower = config.tower(side);
-        let mut fan_in: usize = groups.iter().map(|g| g.n_fields * g.dim).sum();
+        let input_width: usize = groups.iter().map(|g| g.n_fields * g.dim).sum();
+        let mut fan_in = input_width;
         let mut mlp = Vec::new();
-        for (i, &width) in tower.hidden.iter().enumerate() {
-            mlp.push(init.linear(&format!("{prefix}.mlp.{i}"), fan_in, width)?);
-            fan_in = width;
+        if tower.branches.contains(&Branch::Mlp) {
+            for (i, &width) in tower.hidden.iter().enumerate() {
+                mlp.push(init.linear(&format!("{prefix}.mlp.{i}"), fan_in, width)?);
+                fan_in = width;
+            }
         }
+        // The other branches' weights come after the MLP's, so the plain tower draws as before.
+        let out = config.branch_dim();
+        let mut cross = Vec::new();
+        if tower.branches.contains(&Branch::Cross) {
+            for l in 0..tower.cross_layers {
+                cross.push(init.linear(
+                    &format!("{prefix}.cross.{l}"),
+                    input_width,
+                    input_width,
+                )?);
+            }
+            cross.push(init.linear(&format!("{prefix}.cross.proj"), input_width, out)?);
+        }
+        let fm = if tower.branches.contains(&Branch::Fm) {
+            Some(init.linear(&format!("{prefix}.fm.proj"), groups[0].dim, out)?)
+        } else {
+            None
+        };
         Ok(Tower {
             side,
             names,
@@ -289,6 +321,9 @@ impl Tower {
             act: tower.activation.into(),
             dropout: tower.dropout,
             l2_normalize: tower.l2_normalize,
+            branches: tower.branches.clone(),
+            cross,
+            fm,
         })
     }
 
@@ -476,37 +511,43 @@ impl Tower {
         senet.fc2.forward(&hidden, Act::Sigmoid, None, fused)
     }
 
-    fn encode(
+    /// The field embeddings after SENet (when on): flattened `[B, F * E]`, and `[B, F, E]`
+    /// for the FM branch (the first width's fields: the config allows FM with one width only).
+    fn inputs(
         &self,
         batch: &SideBatch,
-        mode: Mode,
         dtype: DType,
         device: &Device,
         fused: bool,
-    ) -> Result<Tensor, ModelError> {
+    ) -> Result<(Tensor, Tensor), ModelError> {
         let groups = self.field_embeddings(batch, dtype, device)?;
         let b = groups[0].dim(0)?;
-        let mut x = match &self.senet {
+        Ok(match &self.senet {
             Some(senet) => {
                 let fields = &groups[0];
                 let weights = self.senet_weights(senet, fields, fused)?;
                 let width = fields.dim(1)? * fields.dim(2)?;
-                fields
-                    .broadcast_mul(&weights.unsqueeze(2)?)?
-                    .reshape((b, width))?
+                let weighted = fields.broadcast_mul(&weights.unsqueeze(2)?)?;
+                (weighted.reshape((b, width))?, weighted)
             }
             None => {
                 let flat: Vec<Tensor> = groups
                     .iter()
                     .map(|g| g.flatten_from(1))
                     .collect::<candle_core::Result<_>>()?;
-                if flat.len() == 1 {
+                let x = if flat.len() == 1 {
                     flat[0].clone()
                 } else {
                     Tensor::cat(&flat, 1)?
-                }
+                };
+                (x, groups[0].clone())
             }
-        };
+        })
+    }
+
+    /// The MLP on the flattened inputs `[B, F * E]`.
+    fn mlp(&self, mut x: Tensor, mode: Mode, fused: bool) -> Result<Tensor, ModelError> {
+        let b = x.dim(0)?;
         let last = self.mlp.len() - 1;
         for (i, layer) in self.mlp.iter().enumerate() {
             if i == last {
@@ -528,10 +569,61 @@ impl Tower {
                 x = layer.forward(&x, self.act, mask.as_ref(), fused)?;
             }
         }
+        Ok(x)
+    }
+
+    /// The plain tower's output `[B, D]`.
+    fn encode(
+        &self,
+        batch: &SideBatch,
+        mode: Mode,
+        dtype: DType,
+        device: &Device,
+        fused: bool,
+    ) -> Result<Tensor, ModelError> {
+        let (x, _) = self.inputs(batch, dtype, device, fused)?;
+        let mut x = self.mlp(x, mode, fused)?;
         if self.l2_normalize {
             x = l2_normalize(&x)?;
         }
         Ok(x)
+    }
+
+    /// A parallel tower's branch outputs, concatenated in config order, `[B, branches * D]`.
+    fn branch_outputs(
+        &self,
+        batch: &SideBatch,
+        mode: Mode,
+        dtype: DType,
+        device: &Device,
+        fused: bool,
+    ) -> Result<Tensor, ModelError> {
+        let (x, fields) = self.inputs(batch, dtype, device, fused)?;
+        let mut outs = Vec::with_capacity(self.branches.len());
+        for branch in &self.branches {
+            outs.push(match branch {
+                Branch::Mlp => self.mlp(x.clone(), mode, fused)?,
+                Branch::Cross => {
+                    let (proj, layers) =
+                        self.cross
+                            .split_last()
+                            .ok_or_else(|| ModelError::Unsupported {
+                                what: "this tower",
+                                problem: "a cross branch without layers".into(),
+                            })?;
+                    let crossed = cross_network(&x, layers)?;
+                    proj.forward(&crossed, Act::Identity, None, false)?
+                }
+                Branch::Fm => {
+                    let proj = self.fm.as_ref().ok_or_else(|| ModelError::Unsupported {
+                        what: "this tower",
+                        problem: "an fm branch without its projection".into(),
+                    })?;
+                    proj.forward(&fm_interaction(&fields)?, Act::Identity, None, false)?
+                }
+            });
+        }
+        Ok(Tensor::cat(&outs, 1)?)
     }
 }
 
@@ -568,6 +660,17 @@ impl Dssm {
         };
         let user = Tower::build(&config, Side::User, &mut init)?;
         let item = Tower::build(&config, Side::Item, &mut init)?;
+        let combine = if config.is_parallel() {
+            // Ones and a zero bias: the score starts as the sum of the branches' dot products.
+            let width = config.user_tower.branches.len() * config.branch_dim();
+            let weight = init.var("branches.weight".into(), vec![1.0; width], &[1, width])?;
+            let bias = init.var("branches.bias".into(), vec![0.0], &[1])?;
+            Some(Combine {
+                layer: Linear { weight, bias },
+            })
+        } else {
+            None
+        };
         let log_temperature = match config.temperature {
             Temperature::Learned { init: t } => {
                 Some(init.var("temperature.log".into(), vec![t.ln()], &[1])?)
@@ -586,6 +689,7 @@ impl Dssm {
             item,
             log_temperature,
             sequence,
+            combine,
             named_vars: init.named_vars,
             fused: true,
         })
@@ -629,10 +733,20 @@ impl Dssm {
         }
     }
 
-    /// Embeds a batch of one side, `[B, D]`.
+    /// Embeds a batch of one side, `[B, D]` (`D` = [`ModelConfig::output_dim`]). Parallel
+    /// towers give the folded vectors: user `concat_b(w_b * u_b)` then the bias, item
+    /// `concat_b(i_b)` then 1, whose dot product is [`Dssm::forward`]'s score before the
+    /// temperature.
     pub fn encode(&self, side: Side, batch: &SideBatch, mode: Mode) -> Result<Tensor, ModelError> {
-        self.tower(side)
-            .encode(batch, mode, self.dtype, &self.device, self.fused)
+        let tower = self.tower(side);
+        let Some(combine) = &self.combine else {
+            return tower.encode(batch, mode, self.dtype, &self.device, self.fused);
+        };
+        let outs = tower.branch_outputs(batch, mode, self.dtype, &self.device, self.fused)?;
+        Ok(match side {
+            Side::User => combine.fold_users(&outs)?,
+            Side::Item => Combine::fold_items(&outs)?,
+        })
     }
 
     /// User embeddings `[B, D]`.
@@ -792,13 +906,31 @@ impl Dssm {
         self.apply_temperature(s)
     }
 
-    /// Logits `[B]` of user `i` with item `i`.
+    /// Logits `[B]` of user `i` with item `i`. Parallel towers score as trained: each branch's
+    /// user output times its item output, concatenated, through the scoring layer
+    /// (`w . concat_b(u_b * i_b) + c`), then the temperature.
     pub fn forward(
         &self,
         users: &SideBatch,
         items: &SideBatch,
         mode: Mode,
     ) -> Result<Tensor, ModelError> {
+        if let Some(combine) = &self.combine {
+            let (dtype, device, fused) = (self.dtype, &self.device, self.fused);
+            let u = self
+                .user
+                .branch_outputs(users, mode, dtype, device, fused)?;
+            let v = self
+                .item
+                .branch_outputs(items, mode, dtype, device, fused)?;
+            if u.dim(0)? != v.dim(0)? {
+                return Err(ModelError::Shape {
+                    what: "item batch",
+                    problem: format!("{} rows for {} user rows", v.dim(0)?, u.dim(0)?),
+                });
+            }
+            return self.apply_temperature(combine.score(&u, &v)?);
+        }
         let u = self.encode_users(users, mode)?;
         let v = self.encode_items(items, mode)?;
         self.score_pairs(&u, &v)

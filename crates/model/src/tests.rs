@@ -41,12 +41,14 @@ fn mixed_config() -> ModelConfig {
             activation: Activation::Gelu,
             dropout: 0.3,
             l2_normalize: false,
+            ..TowerConfig::default()
         },
         item_tower: TowerConfig {
             hidden: vec![7, 5],
             activation: Activation::Tanh,
             dropout: 0.3,
             l2_normalize: true,
+            ..TowerConfig::default()
         },
         senet: Some(SenetConfig {
             reduction: 2,
@@ -789,4 +791,269 @@ fn bad_batches_are_errors() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("expected 3 columns"));
+}
+
+/// The default towers (`branches = ["mlp"]`) compute what the model computed before parallel
+/// towers existed: the logits below were printed by that version (commit 56f00b9) for this seed
+/// and batch, so a change to the default path's weights, draws or maths shows up here.
+#[test]
+fn default_config_keeps_the_outputs_of_before_parallel_towers() {
+    let dev = Device::Cpu;
+    for (senet, expected) in [(true, GOLDEN_SENET), (false, GOLDEN_PLAIN)] {
+        let mut config = reference_config();
+        if !senet {
+            config.senet = None;
+        }
+        let model = Dssm::new(config, 7, &dev).unwrap();
+        // Scaled up from the small initial weights, so the logits are far from 0.
+        for v in model.vars() {
+            v.set(&(v.as_tensor() * 4.0).unwrap()).unwrap();
+        }
+        let (u, i, _) = reference_batches(model.config(), 4, 3, &dev);
+        let logits = to_vec(&model.forward(&u, &i, Mode::Eval).unwrap());
+        let train = to_vec(&model.forward(&u, &i, Mode::Train { seed: 5 }).unwrap());
+        for (got, want) in logits.iter().chain(&train).zip(expected) {
+            assert!(
+                (got - want).abs() < 1e-5 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+        }
+    }
+}
+
+const GOLDEN_SENET: [f64; 8] = [
+    1.616647720336914,
+    16.92434310913086,
+    -29.776592254638672,
+    -72.10111236572266,
+    -54.089805603027344,
+    -66.56549835205078,
+    7.0058135986328125,
+    66.45771789550781,
+];
+const GOLDEN_PLAIN: [f64; 8] = [
+    -267.6982421875,
+    104.17333984375,
+    -5.740684509277344,
+    -48.50421142578125,
+    -406.39154052734375,
+    -305.85687255859375,
+    -62.7021484375,
+    -175.3125762939453,
+];
+
+/// The reference features with small towers of `branches` (cross: 3 user layers, 1 item layer).
+fn parallel_config(branches: &[Branch], senet: bool) -> ModelConfig {
+    let mut c = reference_config();
+    for (tower, layers) in [(&mut c.user_tower, 3), (&mut c.item_tower, 1)] {
+        tower.hidden = vec![16, 8];
+        tower.branches = branches.to_vec();
+        tower.cross_layers = layers;
+    }
+    if !senet {
+        c.senet = None;
+    }
+    c
+}
+
+/// Moves every weight by a deterministic pseudo-random amount in `[-0.5, 0.5)`, so the scoring
+/// layer is not its initial ones and zero bias.
+fn perturb(model: &Dssm, seed: u64) {
+    let mut s = seed;
+    for v in model.vars() {
+        let values: Vec<f32> = (0..v.elem_count())
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        let delta = Tensor::from_vec(values, v.dims(), &Device::Cpu).unwrap();
+        v.set(&(v.as_tensor() + delta).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn parallel_towers_fold_into_one_dot_product() {
+    use Branch::*;
+    let dev = Device::Cpu;
+    for (branches, senet) in [
+        (&[Mlp, Cross, Fm][..], true),
+        (&[Mlp, Cross, Fm][..], false),
+        (&[Cross][..], true),
+        (&[Fm, Mlp][..], false),
+    ] {
+        let mut config = parallel_config(branches, senet);
+        config.temperature = Temperature::Fixed(0.5);
+        let model = Dssm::new(config.clone(), 3, &dev).unwrap();
+        perturb(&model, 17);
+        let (u, i, _) = reference_batches(&config, 6, 4, &dev);
+        for mode in [Mode::Eval, Mode::Train { seed: 9 }] {
+            // Training's score: w . concat_b(u_b * i_b) + c, over the temperature.
+            let score = model.forward(&u, &i, mode).unwrap();
+            let (uv, iv) = (
+                model.encode_users(&u, mode).unwrap(),
+                model.encode_items(&i, mode).unwrap(),
+            );
+            let width = branches.len() * 8 + 1;
+            assert_eq!((uv.dims(), iv.dims()), (&[6, width][..], &[6, width][..]));
+            assert_eq!(config.output_dim(), width);
+            // The item vector ends with 1, the user vector with the bias.
+            assert!(
+                to_vec(&iv.narrow(1, width - 1, 1).unwrap())
+                    .iter()
+                    .all(|&x| x == 1.0)
+            );
+            let folded = model.score_pairs(&uv, &iv).unwrap();
+            let gap = max_abs_diff(&score, &folded);
+            assert!(gap < 1e-5, "{branches:?} senet {senet}: {gap}");
+            // The all-pairs matrix (in-batch softmax, retrieval) has the scores on its diagonal.
+            let matrix = to_vec(&model.score_matrix(&uv, &iv).unwrap());
+            for (r, s) in to_vec(&score).iter().enumerate() {
+                assert!((matrix[r * 6 + r] - s).abs() < 1e-5);
+            }
+            // A plain dot product of the exported vectors gives the score times the temperature.
+            let dots: Vec<f64> = (0..6)
+                .map(|r| {
+                    let (a, b) = (to_vec(&uv.get(r).unwrap()), to_vec(&iv.get(r).unwrap()));
+                    a.iter().zip(&b).map(|(x, y)| x * y).sum()
+                })
+                .collect();
+            for (d, s) in dots.iter().zip(to_vec(&score)) {
+                assert!((d - s * 0.5).abs() < 1e-5, "{d} vs {s}");
+            }
+        }
+    }
+}
+
+#[test]
+fn parallel_towers_train_every_branch_and_round_trip() {
+    let dev = Device::Cpu;
+    let config = parallel_config(&[Branch::Mlp, Branch::Cross, Branch::Fm], true);
+    let model = Dssm::new(config.clone(), 5, &dev).unwrap();
+    let names: Vec<&str> = model.named_vars().iter().map(|(n, _)| n.as_str()).collect();
+    for name in [
+        "user.cross.0.weight",
+        "user.cross.2.weight",
+        "user.cross.proj.weight",
+        "item.cross.0.weight",
+        "item.fm.proj.weight",
+        "branches.weight",
+        "branches.bias",
+    ] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    assert!(!names.contains(&"item.cross.1.weight"));
+    let (u, i, y) = reference_batches(&config, 16, 5, &dev);
+    let logits = model.forward(&u, &i, Mode::Train { seed: 1 }).unwrap();
+    let grads = bce_with_logits(&logits, &y).unwrap().backward().unwrap();
+    for (name, var) in model.named_vars() {
+        if name.ends_with("embedding") {
+            continue;
+        }
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0 && norm.is_finite(), "{name}: {norm}");
+    }
+    // The engine cannot run it; the trainer goes through Candle.
+    let err = engine::check_supported(&config).unwrap_err().to_string();
+    assert!(err.contains("parallel"), "{err}");
+    // Saved and loaded: the same config and scores, bit for bit.
+    let dir = tempfile::tempdir().unwrap();
+    perturb(&model, 3);
+    model.save(dir.path()).unwrap();
+    let loaded = Dssm::load(dir.path(), &dev).unwrap();
+    assert_eq!(loaded.config(), &config);
+    let bits = |m: &Dssm| -> Vec<u32> {
+        let s = m
+            .forward(&u, &i, Mode::Eval)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        s.iter().map(|x| x.to_bits()).collect()
+    };
+    assert_eq!(bits(&model), bits(&loaded));
+}
+
+#[test]
+fn parallel_tower_configs_are_checked_and_the_default_is_unchanged() {
+    use Branch::*;
+    let field_of = |c: ModelConfig| c.check().unwrap_err().field;
+    let mut c = parallel_config(&[Mlp, Cross], true);
+    c.item_tower.branches = vec![Mlp];
+    assert_eq!(field_of(c), "item_tower.branches");
+    assert_eq!(
+        field_of(parallel_config(&[Fm, Mlp, Fm], true)),
+        "user_tower.branches"
+    );
+    assert_eq!(field_of(parallel_config(&[], true)), "user_tower.branches");
+    let mut c = parallel_config(&[Cross], true);
+    c.user_tower.cross_layers = 0;
+    assert_eq!(field_of(c), "user_tower.cross_layers");
+    let mut c = parallel_config(&[Mlp, Fm], true);
+    c.similarity = Similarity::Cosine;
+    assert_eq!(field_of(c), "similarity");
+    let mut c = parallel_config(&[Mlp, Fm], true);
+    c.item_tower.l2_normalize = true;
+    assert_eq!(field_of(c), "item_tower.l2_normalize");
+    let mut c = parallel_config(&[Mlp, Fm], false);
+    c.features[0].embedding_dim = Some(4);
+    assert_eq!(field_of(c.clone()), "features.embedding_dim");
+    // Without FM, fields of several widths are fine (the cross network takes them all).
+    c.user_tower.branches = vec![Mlp, Cross];
+    c.item_tower.branches = vec![Mlp, Cross];
+    assert!(c.check().is_ok());
+    // The default: the MLP alone, no new keys in model.json, the same width and variables.
+    let plain = reference_config();
+    assert_eq!(plain.user_tower.branches, [Mlp]);
+    assert!(!plain.is_parallel() && plain.output_dim() == 32);
+    let json = serde_json::to_string(&plain).unwrap();
+    assert!(
+        !json.contains("branches") && !json.contains("cross_layers"),
+        "{json}"
+    );
+    let parallel = parallel_config(&[Mlp, Cross], true);
+    let json = serde_json::to_string(&parallel).unwrap();
+    assert_eq!(
+        serde_json::from_str::<ModelConfig>(&json).unwrap(),
+        parallel
+    );
+    let model = Dssm::new(plain, 1, &Device::Cpu).unwrap();
+    let names: Vec<&str> = model.named_vars().iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "user.embedding",
+            "user.senet.fc1.weight",
+            "user.senet.fc1.bias",
+            "user.senet.fc2.weight",
+            "user.senet.fc2.bias",
+            "user.mlp.0.weight",
+            "user.mlp.0.bias",
+            "user.mlp.1.weight",
+            "user.mlp.1.bias",
+            "user.mlp.2.weight",
+            "user.mlp.2.bias",
+            "item.embedding",
+            "item.senet.fc1.weight",
+            "item.senet.fc1.bias",
+            "item.senet.fc2.weight",
+            "item.senet.fc2.bias",
+            "item.mlp.0.weight",
+            "item.mlp.0.bias",
+            "item.mlp.1.weight",
+            "item.mlp.1.bias",
+            "item.mlp.2.weight",
+            "item.mlp.2.bias",
+        ]
+    );
 }

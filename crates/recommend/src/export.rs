@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use dssm_model::Similarity;
-use dssm_retrieval::{EmbeddingMatrix, HnswConfig, HnswIndex, TopK, write_embeddings};
+use dssm_retrieval::{HnswConfig, HnswIndex, TopK, write_embeddings};
 use serde::Serialize;
 
 use crate::Recommender;
@@ -154,4 +154,3 @@ impl Recommender {
         })
     }
 }
-

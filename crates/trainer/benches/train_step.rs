@@ -39,6 +39,7 @@ fn tower(hidden: &[usize], dropout: f32, l2_normalize: bool) -> TowerConfig {
         activation: Activation::LeakyRelu,
         dropout,
         l2_normalize,
+        ..TowerConfig::default()
     }
 }
 

@@ -220,6 +220,13 @@ pub struct TowerSection {
     pub dropout: f64,
     /// L2-normalise the tower output. Default false.
     pub l2_normalize: bool,
+    /// Parallel towers: the branches side by side on the field embeddings, the same list on
+    /// both towers ([`BranchKind`]). Default `["mlp"]`, the plain tower.
+    #[serde(skip_serializing_if = "BranchKind::is_mlp_only")]
+    pub branches: Vec<BranchKind>,
+    /// Layers of the `cross` branch. Default 2.
+    #[serde(skip_serializing_if = "BranchKind::is_default_cross_layers")]
+    pub cross_layers: usize,
 }
 
 impl Default for TowerSection {
@@ -229,6 +236,8 @@ impl Default for TowerSection {
             activation: ActivationKind::LeakyRelu,
             dropout: 0.0,
             l2_normalize: false,
+            branches: vec![BranchKind::Mlp],
+            cross_layers: dssm_model::DEFAULT_CROSS_LAYERS,
         }
     }
 }
@@ -1056,6 +1065,7 @@ impl RunConfig {
             _ => {}
         }
         self.check_sequence()?;
+        self.check_branches()?;
         if self.features.history_len > 0 && !self.data.protocol.is_retrieval() {
             return Err(invalid(
                 "features.history_len",
@@ -1142,6 +1152,93 @@ impl RunConfig {
             }
         }
         Ok(())
+    }
+}
+
+// Parallel towers (`model.*_tower.branches`).
+
+/// A branch of a parallel tower (`model.user_tower.branches`), after Tencent's parallel
+/// two-tower structure: each runs on the tower's field embeddings (after SENet), each user
+/// branch output meets the same branch's item output in an elementwise product, and a learned
+/// linear layer weighs the products into the score. The weights fold into the user vector, so
+/// export, recommend and serving still score with one dot product. The CPU engine runs the
+/// plain tower only: under `train.engine = "auto"` such a run trains through Candle (a log line
+/// says so), and `"fused"` is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BranchKind {
+    /// The MLP of `hidden`.
+    Mlp,
+    /// A DCN-v2 cross network (`cross_layers` layers), projected to the output size.
+    Cross,
+    /// The FM bi-interaction of the field embeddings, projected to the output size.
+    Fm,
+}
+
+impl BranchKind {
+    fn is_mlp_only(branches: &[BranchKind]) -> bool {
+        branches == [BranchKind::Mlp]
+    }
+
+    fn is_default_cross_layers(layers: &usize) -> bool {
+        *layers == dssm_model::DEFAULT_CROSS_LAYERS
+    }
+}
+
+impl RunConfig {
+    /// Parallel towers: one branch list on both towers, each branch once, with the dot product
+    /// and without L2 normalisation or the sequence tower.
+    fn check_branches(&self) -> Result<(), ConfigError> {
+        let (user, item) = (&self.model.user_tower, &self.model.item_tower);
+        for (side, tower) in [("user_tower", user), ("item_tower", item)] {
+            let b = &tower.branches;
+            if b.is_empty() || (1..b.len()).any(|i| b[..i].contains(&b[i])) {
+                return Err(invalid(
+                    &format!("model.{side}.branches"),
+                    format!("{b:?}"),
+                    "a non-empty list of \"mlp\", \"cross\", \"fm\", each at most once",
+                ));
+            }
+            if b.contains(&BranchKind::Cross) && tower.cross_layers == 0 {
+                return Err(invalid(
+                    &format!("model.{side}.cross_layers"),
+                    0,
+                    "a positive integer with a cross branch",
+                ));
+            }
+        }
+        if item.branches != user.branches {
+            return Err(invalid(
+                "model.item_tower.branches",
+                format!("{:?}", item.branches),
+                &format!(
+                    "the same list as model.user_tower.branches ({:?})",
+                    user.branches
+                ),
+            ));
+        }
+        if BranchKind::is_mlp_only(&user.branches) {
+            return Ok(());
+        }
+        let conflict = if self.model.similarity != SimilarityKind::Dot {
+            Some(("model.similarity", format!("{:?}", self.model.similarity)))
+        } else if user.l2_normalize {
+            Some(("model.user_tower.l2_normalize", "true".to_string()))
+        } else if item.l2_normalize {
+            Some(("model.item_tower.l2_normalize", "true".to_string()))
+        } else if self.model.sequence.enabled {
+            Some(("model.sequence.enabled", "true".to_string()))
+        } else {
+            None
+        };
+        match conflict {
+            Some((key, value)) => Err(invalid(
+                key,
+                value,
+                "\"dot\", no l2_normalize and no sequence tower with parallel towers (model.*_tower.branches)",
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1461,6 +1558,72 @@ dir = "runs/x"
         let senet = RunConfig::from_file(dir.join("senet.toml")).unwrap();
         let plain = RunConfig::from_file(dir.join("dssm.toml")).unwrap();
         assert!(senet.model.senet.enabled && !plain.model.senet.enabled);
+        // parallel.toml is senet.toml with three branches per tower.
+        let mut parallel = RunConfig::from_file(dir.join("parallel.toml")).unwrap();
+        assert_eq!(parallel.model.user_tower.branches.len(), 3);
+        for tower in [
+            &mut parallel.model.user_tower,
+            &mut parallel.model.item_tower,
+        ] {
+            tower.branches = vec![BranchKind::Mlp];
+        }
+        parallel.output.dir = senet.output.dir.clone();
+        assert_eq!(parallel, senet);
+    }
+
+    #[test]
+    fn parallel_tower_keys_are_checked() {
+        let key_of = |extra: &str| match RunConfig::from_toml_str(
+            &GOOD.replace("dropout = 0.1\n", &format!("dropout = 0.1\n{extra}\n")),
+        ) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{extra}: {other:?}"),
+        };
+        // Only the user tower changes: the item tower keeps ["mlp"].
+        assert_eq!(
+            key_of("branches = [\"mlp\", \"fm\"]"),
+            "model.item_tower.branches"
+        );
+        assert_eq!(key_of("branches = []"), "model.user_tower.branches");
+        assert_eq!(
+            key_of("branches = [\"fm\", \"fm\"]"),
+            "model.user_tower.branches"
+        );
+        assert_eq!(
+            key_of("cross_layers = 0\nbranches = [\"cross\"]"),
+            "model.user_tower.cross_layers"
+        );
+        let both = |extra: &str| {
+            GOOD.replace(
+                "[model.item_tower]\n",
+                "[model.item_tower]\nbranches = [\"mlp\", \"cross\"]\n",
+            )
+            .replace(
+                "dropout = 0.1\n",
+                &format!("dropout = 0.1\nbranches = [\"mlp\", \"cross\"]\n{extra}"),
+            )
+        };
+        let config = RunConfig::from_toml_str(&both("")).unwrap();
+        assert_eq!(
+            config.model.item_tower.branches,
+            [BranchKind::Mlp, BranchKind::Cross]
+        );
+        let err = RunConfig::from_toml_str(&both("l2_normalize = true\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("model.user_tower.l2_normalize"),
+            "{err}"
+        );
+        let err = RunConfig::from_toml_str(
+            &both("").replace("similarity = \"dot\"", "similarity = \"cosine\""),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("model.similarity"), "{err}");
+        // The default writes no branch keys into a run's config.toml.
+        let text = RunConfig::from_toml_str(GOOD).unwrap().to_toml_string();
+        assert!(
+            !text.contains("branches") && !text.contains("cross_layers"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -85,6 +85,7 @@
 mod batches;
 pub mod config;
 mod error;
+mod explain;
 mod fused;
 mod history;
 mod inputs;
@@ -111,6 +112,11 @@ mod train;
 pub use config::{ConfigError, RunConfig};
 pub use dssm_data::Split;
 pub use error::TrainError;
+pub use explain::{
+    DEFAULT_ITEM_SEGMENT, DEFAULT_USER_SEGMENT, ExplainOptions, FieldWeights, IMPORTANCE_JSON,
+    IMPORTANCE_SVG, SegmentWeights, SenetImportance, TowerImportance, explain_run,
+    senet_importance,
+};
 pub use plot::training_svg;
 pub use provenance::checksum;
 pub use report::{EpochRecord, EvalReport, FinalMetrics, RetrievalMetrics, TrainReport};

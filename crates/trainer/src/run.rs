@@ -75,6 +75,16 @@ impl LoadedRun {
         Ok((vectors, self.model.config().output_dim()))
     }
 
+    /// The users table as the exported user vectors see it: with the history known at test
+    /// time when the model has the history feature.
+    pub(crate) fn user_side_table(&self) -> Result<SideTable, TrainError> {
+        let table = SideTable::new(&self.dataset, self.model.config(), Side::User)?;
+        match self.history_len() {
+            Some(len) => self.with_test_histories(table, len),
+            None => Ok(table),
+        }
+    }
+
     /// The length of the model's history feature, when it has one.
     fn history_len(&self) -> Option<usize> {
         self.model

@@ -4,13 +4,13 @@
 use candle_core::Device;
 use dssm_data::{Dataset, FeatureValues};
 use dssm_model::{
-    Activation, FeatureKind, FeatureSpec, HostColumn, ModelConfig, Pooling, SenetConfig,
+    Activation, Branch, FeatureKind, FeatureSpec, HostColumn, ModelConfig, Pooling, SenetConfig,
     SequenceConfig, SequenceItems, Side, SideBatch, Similarity, Squeeze, Temperature, TowerConfig,
 };
 
 use crate::config::{
-    ActivationKind, ConfigError, PoolingKind, RunConfig, SequenceItemsKind, SequenceSection,
-    SimilarityKind, SqueezeKind, TowerSection,
+    ActivationKind, BranchKind, ConfigError, PoolingKind, RunConfig, SequenceItemsKind,
+    SequenceSection, SimilarityKind, SqueezeKind, TowerSection,
 };
 use crate::error::TrainError;
 use crate::history::{HISTORY_FEATURE, RECENT_FEATURE};
@@ -72,6 +72,16 @@ fn tower(section: &TowerSection) -> TowerConfig {
         },
         dropout: section.dropout as f32,
         l2_normalize: section.l2_normalize,
+        branches: section
+            .branches
+            .iter()
+            .map(|b| match b {
+                BranchKind::Mlp => Branch::Mlp,
+                BranchKind::Cross => Branch::Cross,
+                BranchKind::Fm => Branch::Fm,
+            })
+            .collect(),
+        cross_layers: section.cross_layers,
     }
 }
 

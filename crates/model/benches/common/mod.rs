@@ -22,6 +22,7 @@ pub fn reference_config(senet: bool) -> ModelConfig {
         activation: Activation::LeakyRelu,
         dropout: 0.2,
         l2_normalize: false,
+        ..TowerConfig::default()
     };
     ModelConfig {
         features: vec![

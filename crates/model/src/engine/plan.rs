@@ -134,6 +134,12 @@ pub fn check_supported(config: &ModelConfig) -> Result<(), ModelError> {
     if config.sequence.is_some() {
         return Err(unsupported("the sequence user tower"));
     }
+    if config.is_parallel() {
+        return Err(unsupported(format!(
+            "parallel towers (branches {:?})",
+            config.user_tower.branches
+        )));
+    }
     for side in [Side::User, Side::Item] {
         let mut dims = config
             .side_features(side)

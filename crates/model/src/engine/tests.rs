@@ -16,6 +16,7 @@ fn config(variant: usize) -> ModelConfig {
         activation,
         dropout,
         l2_normalize,
+        ..TowerConfig::default()
     };
     let (user_tower, item_tower, squeeze) = match variant {
         0 => (

@@ -1052,3 +1052,156 @@ fn train_rows_of(config: &RunConfig) -> usize {
 }
 
 mod hard;
+
+#[test]
+fn parallel_towers_train_through_candle_and_export_vectors_that_score_as_trained() {
+    use crate::config::{BranchKind, EngineKind};
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_dataset(dir.path());
+    let out = dir.path().join("parallel");
+    let mut config = small_config(&data, &out);
+    for tower in [&mut config.model.user_tower, &mut config.model.item_tower] {
+        tower.branches = vec![BranchKind::Mlp, BranchKind::Cross, BranchKind::Fm];
+    }
+    config.train.epochs = 2;
+    config.check().unwrap();
+    // The CPU engine runs the plain tower only: "fused" is refused before anything is written.
+    let mut fused = config.clone();
+    fused.train.engine = EngineKind::Fused;
+    fused.output.dir = dir.path().join("fused");
+    let err = train(&fused, &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("train.engine") && err.contains("parallel"),
+        "{err}"
+    );
+    assert!(!fused.output.dir.exists());
+    // "auto" trains through Candle.
+    let report = train(&config, &TrainOptions::default()).unwrap();
+    assert_eq!(report.metrics.engine, "candle");
+    let test = report.metrics.test.unwrap();
+    assert!(test.auc > 0.6, "test auc {}", test.auc);
+    // The exported vectors (what export, recommend and serving read) are the folded ones:
+    // their dot products rank the test rows exactly as the trained scores do.
+    let loaded = load_run(&out).unwrap();
+    let (users, dim) = loaded.embeddings(Side::User, 64).unwrap();
+    let (items, item_dim) = loaded.embeddings(Side::Item, 64).unwrap();
+    assert_eq!((dim, item_dim), (3 * 16 + 1, 3 * 16 + 1));
+    let n_users = users.len() / dim;
+    let rows = crate::inputs::split_rows(&loaded.dataset, Split::Test, n_users, items.len() / dim)
+        .unwrap();
+    let dots: Vec<f32> = rows
+        .users
+        .iter()
+        .zip(&rows.items)
+        .map(|(&u, &i)| {
+            let (u, i) = (u as usize * dim, i as usize * dim);
+            (0..dim).map(|k| users[u + k] * items[i + k]).sum()
+        })
+        .collect();
+    let from_vectors = PointwiseMetrics::from_logits(&dots, &rows.labels, &rows.users);
+    assert!(
+        (from_vectors.auc - test.auc).abs() < 1e-4 && (from_vectors.gauc - test.gauc).abs() < 1e-4,
+        "{from_vectors:?} vs {test:?}"
+    );
+}
+
+#[test]
+fn explain_summarises_senet_weights_per_field_and_segment() {
+    use crate::explain::{ExplainOptions, IMPORTANCE_JSON, IMPORTANCE_SVG, explain_run};
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_dataset(dir.path());
+    let out = dir.path().join("senet");
+    let mut config = small_config(&data, &out);
+    config.train.epochs = 1;
+    train(&config, &TrainOptions::default()).unwrap();
+    let report = explain_run(&out, &ExplainOptions::default()).unwrap();
+    let loaded = load_run(&out).unwrap();
+    let val_rows = loaded.dataset.interactions(Split::Val).unwrap().len();
+    assert_eq!((report.rows, report.split.as_str()), (val_rows, "val"));
+    let sides = [Side::User, Side::Item];
+    let defaults = ["age", "rating_count_bucket"];
+    assert_eq!(report.towers.len(), 2);
+    for ((tower, side), default) in report.towers.iter().zip(sides).zip(defaults) {
+        assert_eq!(tower.side, side.as_str());
+        let names: Vec<&str> = loaded
+            .model
+            .config()
+            .side_features(side)
+            .map(|f| f.name.as_str())
+            .collect();
+        let fields: Vec<&str> = tower.fields.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, names);
+        // Sigmoid excitation: every weight strictly inside (0, 1), quantiles in order.
+        for f in &tower.fields {
+            assert!(
+                0.0 < f.p10 && f.p10 <= f.p50 && f.p50 <= f.p90 && f.p90 < 1.0,
+                "{f:?}"
+            );
+            assert!(
+                f.p10 <= f.mean && f.mean <= f.p90 + f.std && f.std >= 0.0,
+                "{f:?}"
+            );
+        }
+        // The segments partition the rows: their sizes add up, their values are distinct, and
+        // the row-weighted mean of their means is the overall mean.
+        assert_eq!(tower.segment_feature.as_deref(), Some(default));
+        assert!(tower.segments.len() > 1, "{default}");
+        let rows: usize = tower.segments.iter().map(|s| s.rows).sum();
+        assert_eq!(rows, report.rows);
+        let mut values: Vec<&str> = tower.segments.iter().map(|s| s.value.as_str()).collect();
+        values.sort_unstable();
+        values.dedup();
+        assert_eq!(values.len(), tower.segments.len());
+        for (k, f) in tower.fields.iter().enumerate() {
+            let weighted: f64 = tower
+                .segments
+                .iter()
+                .map(|s| s.fields[k].mean * s.rows as f64)
+                .sum();
+            assert!(
+                (weighted / rows as f64 - f.mean).abs() < 1e-9,
+                "{}",
+                f.field
+            );
+        }
+    }
+    // The JSON file round-trips; the chart names the towers and fields.
+    let text = std::fs::read_to_string(out.join(IMPORTANCE_JSON)).unwrap();
+    let read: crate::explain::SenetImportance = serde_json::from_str(&text).unwrap();
+    assert_eq!(read, report);
+    let svg = std::fs::read_to_string(out.join(IMPORTANCE_SVG)).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("user tower") && svg.contains("movie_id"));
+    // Another segment feature; an unknown one is named with the ones there are.
+    let by_gender = ExplainOptions {
+        segment_user: Some("gender".into()),
+        segment_item: None,
+    };
+    let report = crate::explain::senet_importance(&loaded, &by_gender).unwrap();
+    assert_eq!(report.towers[0].segment_feature.as_deref(), Some("gender"));
+    let bad = ExplainOptions {
+        segment_user: Some("shoe_size".into()),
+        segment_item: None,
+    };
+    let err = crate::explain::senet_importance(&loaded, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--segment-user") && err.contains("shoe_size") && err.contains("occupation"),
+        "{err}"
+    );
+    // A run without SENet is an error naming the run.
+    let plain = dir.path().join("plain");
+    let mut config = small_config(&data, &plain);
+    config.train.epochs = 1;
+    config.model.senet.enabled = false;
+    train(&config, &TrainOptions::default()).unwrap();
+    let err = explain_run(&plain, &ExplainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&plain.display().to_string()) && err.contains("no SENet"),
+        "{err}"
+    );
+}
