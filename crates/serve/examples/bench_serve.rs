@@ -140,7 +140,11 @@ fn main() {
         let (addr, stop) = start(&server_rt, catalogue, &o);
         let name = format!("known user, top 10, HNSW over {items} items");
         report(&name, &client_rt.block_on(load(addr, known, &o)));
-        println!("(HNSW M 16, ef_construction 100, ef_search 100: built in {built:.1} s)");
+        let c = HnswConfig::default();
+        println!(
+            "(HNSW M {}, ef_construction {}, ef_search {}: built in {built:.1} s)",
+            c.max_connections, c.ef_construction, c.ef_search
+        );
         let _ = stop.send(());
     }
 }
@@ -237,7 +241,7 @@ fn synthetic_catalogue(o: &Options, r: &Recommender) -> (Recommender, usize, f64
         data.extend(row.iter().map(|v| v / norm));
     }
     println!(
-        "hnsw         building the graph over {n} synthetic items (minutes for 1M on 2 cores)"
+        "hnsw         building the graph over {n} synthetic items (about two minutes for 1M on 2 cores)"
     );
     let ids: Vec<u32> = (1..=n as u32).map(|i| 1_000_000 + i).collect();
     let matrix = EmbeddingMatrix::new(ids, dim, data).unwrap();
