@@ -237,9 +237,11 @@ impl Builder<'_> {
                 search_layer(&links, current, self.ef, l, &scorer, scratch, &mut found);
             });
             current = found[0];
+            // As faiss does: up to 2M links on layer 0 for the new node too (hnswlib keeps M),
+            // a denser bottom layer that reaches a given recall with a smaller ef.
             select_neighbours(
                 &found,
-                self.m,
+                self.capacity(l),
                 |a, b| self.points.between(a, b),
                 &mut chosen,
             );
