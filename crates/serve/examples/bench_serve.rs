@@ -241,7 +241,7 @@ fn synthetic_catalogue(o: &Options, r: &Recommender) -> (Recommender, usize, f64
         data.extend(row.iter().map(|v| v / norm));
     }
     println!(
-        "hnsw         building the graph over {n} synthetic items (about two minutes for 1M on 2 cores)"
+        "hnsw         building the graph over {n} synthetic items (random unit vectors, the hardest case: minutes for 1M on 2 cores)"
     );
     let ids: Vec<u32> = (1..=n as u32).map(|i| 1_000_000 + i).collect();
     let matrix = EmbeddingMatrix::new(ids, dim, data).unwrap();
