@@ -251,7 +251,8 @@ fn read_ids(column: &dyn Array, ids: &mut Vec<u32>) -> std::result::Result<(), S
     Ok(())
 }
 
-fn temporary_sibling(path: &Path) -> PathBuf {
+/// `.<name>.tmp-<pid>` beside `path`: where a file is written before it is renamed into place.
+pub(crate) fn temporary_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

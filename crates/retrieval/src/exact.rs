@@ -69,7 +69,7 @@ impl ExactIndex {
 
     /// All scores, `queries.rows() x len()` row-major, columns in catalogue (id) order.
     pub fn scores(&self, queries: MatrixView<'_>) -> Result<Vec<f32>> {
-        self.check_queries(queries, None)?;
+        crate::topk::check_queries(self.items.dim(), queries, None)?;
         let n = self.items.len();
         let mut out = vec![0.0; queries.rows() * n];
         if n == 0 {
@@ -91,7 +91,7 @@ impl ExactIndex {
         targets: &[u32],
         exclusions: Option<&Exclusions>,
     ) -> Result<Vec<Option<usize>>> {
-        self.check_queries(queries, exclusions)?;
+        crate::topk::check_queries(self.items.dim(), queries, exclusions)?;
         if targets.len() != queries.rows() {
             return Err(Error::TargetCount {
                 targets: targets.len(),
@@ -125,26 +125,6 @@ impl ExactIndex {
             })
             .collect();
         Ok(blocks.into_iter().flatten().collect())
-    }
-
-    fn check_queries(
-        &self,
-        queries: MatrixView<'_>,
-        exclusions: Option<&Exclusions>,
-    ) -> Result<()> {
-        if queries.dim() != self.items.dim() {
-            return Err(Error::DimMismatch {
-                queries: queries.dim(),
-                index: self.items.dim(),
-            });
-        }
-        match exclusions {
-            Some(ex) if ex.rows() != queries.rows() => Err(Error::ExclusionRows {
-                exclusions: ex.rows(),
-                expected: queries.rows(),
-            }),
-            _ => Ok(()),
-        }
     }
 
     /// Top-k of one block of query rows, scanning the catalogue in item blocks.
@@ -220,7 +200,7 @@ impl TopK for ExactIndex {
         k: usize,
         exclusions: Option<&Exclusions>,
     ) -> Result<Vec<Vec<ScoredItem>>> {
-        self.check_queries(queries, exclusions)?;
+        crate::topk::check_queries(self.items.dim(), queries, exclusions)?;
         let k = k.min(self.items.len());
         if k == 0 {
             return Ok(vec![Vec::new(); queries.rows()]);

@@ -1,8 +1,30 @@
 //! The [`TopK`] interface and the bounded selection shared by the exact and HNSW indexes.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::matrix::{Exclusions, MatrixView, ScoredItem};
 use std::cmp::Ordering;
+
+/// Checks a query batch against an index of `dim`-wide items: the same width, and one exclusion row
+/// per query when exclusions are given.
+pub(crate) fn check_queries(
+    dim: usize,
+    queries: MatrixView<'_>,
+    exclusions: Option<&Exclusions>,
+) -> Result<()> {
+    if queries.dim() != dim {
+        return Err(Error::DimMismatch {
+            queries: queries.dim(),
+            index: dim,
+        });
+    }
+    match exclusions {
+        Some(ex) if ex.rows() != queries.rows() => Err(Error::ExclusionRows {
+            exclusions: ex.rows(),
+            expected: queries.rows(),
+        }),
+        _ => Ok(()),
+    }
+}
 
 /// A searchable catalogue of item embeddings, in the shape of TFRS's `TopK` layer.
 ///

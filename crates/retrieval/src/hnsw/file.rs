@@ -12,11 +12,12 @@
 //! truncated or altered file is refused before it is searched.
 
 use super::HnswConfig;
+use crate::embeddings::temporary_sibling;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::hash::Hasher;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use twox_hash::XxHash3_64;
 
 const MAGIC: &[u8; 8] = b"DSSMHNSW";
@@ -231,12 +232,4 @@ pub(crate) fn expect_len(path: &Path, name: &str, bytes: &[u8], len: usize) -> R
             format!("section {name} has {} bytes, expected {len}", bytes.len()),
         ))
     }
-}
-
-fn temporary_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }

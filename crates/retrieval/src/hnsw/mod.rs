@@ -500,20 +500,7 @@ impl TopK for HnswIndex {
         k: usize,
         exclusions: Option<&Exclusions>,
     ) -> Result<Vec<Vec<ScoredItem>>> {
-        if queries.dim() != self.dim {
-            return Err(Error::DimMismatch {
-                queries: queries.dim(),
-                index: self.dim,
-            });
-        }
-        if let Some(ex) = exclusions
-            && ex.rows() != queries.rows()
-        {
-            return Err(Error::ExclusionRows {
-                exclusions: ex.rows(),
-                expected: queries.rows(),
-            });
-        }
+        crate::topk::check_queries(self.dim, queries, exclusions)?;
         let k = k.min(self.items);
         if k == 0 {
             return Ok(vec![Vec::new(); queries.rows()]);
