@@ -277,23 +277,7 @@ pub fn fill_mixed_negatives<S: NegativeSampler + Sync>(
     epoch: u64,
     out: &mut [u32],
 ) -> Result<(), SamplerError> {
-    let expected = users.len().saturating_mul(per_user);
-    if out.len() != expected {
-        return Err(SamplerError::BufferLength {
-            expected,
-            actual: out.len(),
-            num_users: users.len(),
-            per_user,
-        });
-    }
-    if let Some(user_items) = exclude
-        && user_items.num_items() != mixed.fallback.num_items()
-    {
-        return Err(SamplerError::CatalogueMismatch {
-            sampler_items: mixed.fallback.num_items(),
-            positives_items: user_items.num_items(),
-        });
-    }
+    crate::batch::check_layout(mixed.fallback, users, per_user, exclude, out)?;
     let fill = |(chunk, slots): (usize, &mut [u32])| -> Result<(), (usize, SamplerError)> {
         let mut rng = chunk_rng(seed, epoch, chunk as u64);
         let first = chunk * FILL_CHUNK_LEN;

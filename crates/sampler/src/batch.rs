@@ -86,7 +86,8 @@ pub fn fill_negatives_serial<S: NegativeSampler>(
     Ok(())
 }
 
-fn check_layout<S: NegativeSampler>(
+/// Checks that `out` holds `per_user` slots per user and that `exclude` covers the sampler's catalogue.
+pub(crate) fn check_layout<S: NegativeSampler>(
     sampler: &S,
     users: &[u32],
     per_user: usize,
