@@ -43,6 +43,18 @@ pub struct TrainArgs {
     pub stop_after_epochs: Option<usize>,
 }
 
+/// `train.replicas` runs the parts of a batch side by side, one per core; Candle's own pool,
+/// which splits each large elementwise op over the cores, would then fight them for the cores
+/// (about 30% fewer positions/s on 2 cores). `CANDLE_NUM_THREADS=1` turns it off; a value the
+/// user set is kept. It is read when Candle first splits an op, so it is set before training.
+fn single_threaded_candle_ops() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: `dssm train` calls this before the trainer starts any thread (its thread
+        // pools are built after), so no other thread reads the environment meanwhile.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
 /// Options of `dssm eval`.
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
@@ -60,6 +72,9 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         .with_context(|| format!("invalid run config {}", args.config.display()))?;
     if let Some(data) = &args.data {
         config.data.path = data.clone();
+    }
+    if config.train.replicas > 1 {
+        single_threaded_candle_ops();
     }
     let options = TrainOptions {
         resume: args.resume,

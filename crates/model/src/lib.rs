@@ -67,6 +67,7 @@ pub mod engine;
 mod error;
 mod model;
 mod ops;
+mod pooling;
 mod sequence;
 mod softmax;
 
@@ -83,4 +84,5 @@ pub use config::{
 pub use error::ModelError;
 pub use model::{CONFIG_FILE, Dssm, EMBEDDING_INIT_STD, Mode, WEIGHTS_FILE, parse_device};
 pub use ops::bce_with_logits;
+pub use pooling::{embedding_bag, pool_fields};
 pub use softmax::{keep_hardest, softmax_cross_entropy, softmax_cross_entropy_unfused};

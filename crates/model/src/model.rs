@@ -452,6 +452,11 @@ impl Tower {
                         }
                     }
                 }
+                if group.needs_pooling && group.dense.is_empty() && fusable_table(table) {
+                    let shape = (b, f, t_sparse);
+                    out.push(crate::pooling::embedding_bag(table, ids, pool, shape)?);
+                    continue;
+                }
                 let ids = Tensor::from_vec(ids, b * t_sparse, device)?;
                 parts.push(
                     table
@@ -486,8 +491,7 @@ impl Tower {
                 Tensor::cat(&parts, 1)?
             };
             let fields = if group.needs_pooling {
-                let pool = Tensor::from_vec(pool, (b, f, t_all), device)?.to_dtype(dtype)?;
-                pool.matmul(&slots)?
+                crate::pooling::pool_fields(&slots, pool, f)?
             } else {
                 slots
             };
@@ -625,6 +629,11 @@ impl Tower {
         }
         Ok(Tensor::cat(&outs, 1)?)
     }
+}
+
+/// Whether a group's embedding table runs through [`crate::pooling::embedding_bag`]'s CPU op.
+fn fusable_table(table: &Var) -> bool {
+    table.device().is_cpu() && table.dtype() == DType::F32
 }
 
 fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {

@@ -717,6 +717,11 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Which code trains. Default `auto`. Both give the same results up to float rounding.
     pub engine: EngineKind,
+    /// Data-parallel parts of each batch (the sequence task's full softmax through Candle):
+    /// each part's loss and gradients are computed side by side, one part per thread, each
+    /// op single-threaded, and the gradients added in part order, so a result depends on this
+    /// value but not on the thread count. 1 computes the batch as one graph. Default 1.
+    pub replicas: usize,
     /// Rows per evaluation batch. Default 8192.
     pub eval_batch_size: usize,
 }
@@ -733,6 +738,7 @@ impl Default for TrainConfig {
             device: "cpu".to_string(),
             threads: 0,
             engine: EngineKind::Auto,
+            replicas: 1,
             eval_batch_size: 8192,
         }
     }
@@ -1028,6 +1034,7 @@ impl RunConfig {
             ("train.epochs", t.epochs),
             ("train.eval_every", t.eval_every),
             ("train.eval_batch_size", t.eval_batch_size),
+            ("train.replicas", t.replicas),
         ] {
             if value == 0 {
                 return Err(invalid(key, 0, "a positive integer"));
@@ -1100,6 +1107,13 @@ impl RunConfig {
                 "loss.kind",
                 "\"full_softmax\"",
                 "another loss unless model.sequence.enabled",
+            ));
+        }
+        if self.train.replicas > 1 && !(full && sequence.enabled) {
+            return Err(invalid(
+                "train.replicas",
+                self.train.replicas,
+                "1 unless model.sequence.enabled with loss.kind \"full_softmax\"",
             ));
         }
         if !sequence.enabled {

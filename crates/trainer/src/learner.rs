@@ -284,6 +284,13 @@ impl<'a> Learner<'a> {
                     .map_err(TrainError::tensor("updating weights"))?;
                 Ok(value)
             }
+            StepLoss::Gradients { value, grads } => {
+                let value = self.finite(value as f32, at)?;
+                self.optimizer
+                    .step(&grads, lr)
+                    .map_err(TrainError::tensor("updating weights"))?;
+                Ok(value)
+            }
             StepLoss::Computed(value) => {
                 let value = self.finite(value as f32, at)?;
                 let run_error = |message: String| TrainError::Run {

@@ -15,6 +15,8 @@ pub(crate) const STREAM_SHARED_NEGATIVES: u64 = 5;
 pub(crate) const STREAM_WINDOWS: u64 = 6;
 /// Negatives mixed from the mined bands and the sampler (`sampler.hard.mine_every`).
 pub(crate) const STREAM_HARD_NEGATIVES: u64 = 7;
+/// Dropout masks of a data-parallel part of a step (`train.replicas`), per part.
+pub(crate) const STREAM_REPLICAS: u64 = 8;
 
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -28,6 +28,11 @@ pub(crate) enum StepLoss {
     Graph(Tensor),
     /// The mean loss; its gradient is in the engine.
     Computed(f64),
+    /// The mean loss and its gradients, computed by the task (data-parallel parts).
+    Gradients {
+        value: f64,
+        grads: candle_core::backprop::GradStore,
+    },
 }
 
 /// What the batch losses read, fixed for the run.

@@ -26,6 +26,8 @@ use crate::task::sampled::{LocalItems, SampledColumns};
 use crate::task::{Batches, Task, Validation, record_test, retrieval_section};
 use candle_core::Tensor;
 
+mod replicas;
+
 /// Every user's train items (item rows) in time order, in CSR form.
 pub(crate) struct UserSequences {
     offsets: Vec<usize>,
@@ -187,6 +189,8 @@ pub(crate) struct SequenceTask<'a> {
     val: SplitRows,
     val_held_out: HeldOut,
     popularity_val: RankingReport,
+    /// `train.replicas` single-threaded pools, built at the first replicated step.
+    replica_pools: std::sync::OnceLock<Result<Vec<rayon::ThreadPool>, String>>,
 }
 
 impl<'a> SequenceTask<'a> {
@@ -239,6 +243,7 @@ impl<'a> SequenceTask<'a> {
             val,
             val_held_out,
             popularity_val,
+            replica_pools: std::sync::OnceLock::new(),
         })
     }
 
@@ -467,20 +472,11 @@ impl Task for SequenceTask<'_> {
             });
         };
         let windows = batches.batch(step);
-        // Inputs: every item of the window but the last; targets: every item but the first.
-        let inputs = windows
-            .iter()
-            .map(|w| &self.sequences.of(w.user)[w.start..w.end - 1]);
-        let padded = Padded::new(inputs, self.config.model.sequence.max_len);
-        let (positions, targets) = self.targets(windows, &padded);
-        let users: Vec<u32> = windows.iter().map(|w| w.user).collect();
-        let step_inputs = StepInputs {
-            users: self.user_batch(&users, &mut buffers.users)?,
-            padded,
-            positions,
-            targets,
-            seed: dropout_seed,
-        };
+        let replicas = self.config.train.replicas;
+        if replicas > 1 && self.config.loss.kind == LossKind::FullSoftmax {
+            return self.replicated_loss(model, windows, dropout_seed, &mut buffers.items);
+        }
+        let step_inputs = self.step_inputs(windows, dropout_seed, &mut buffers.users)?;
         let loss = match self.config.loss.kind {
             LossKind::InBatchSoftmax => {
                 let shared = batches.shared_negatives(step);
@@ -546,6 +542,29 @@ impl StepInputs {
 }
 
 impl SequenceTask<'_> {
+    /// The sequences, users and targets of `windows`; dropout masks from `seed`.
+    fn step_inputs(
+        &self,
+        windows: &[Window],
+        seed: u64,
+        buffers: &mut GatherBuffers,
+    ) -> Result<StepInputs, TrainError> {
+        // Inputs: every item of the window but the last; targets: every item but the first.
+        let inputs = windows
+            .iter()
+            .map(|w| &self.sequences.of(w.user)[w.start..w.end - 1]);
+        let padded = Padded::new(inputs, self.config.model.sequence.max_len);
+        let (positions, targets) = self.targets(windows, &padded);
+        let users: Vec<u32> = windows.iter().map(|w| w.user).collect();
+        Ok(StepInputs {
+            users: self.user_batch(&users, buffers)?,
+            padded,
+            positions,
+            targets,
+            seed,
+        })
+    }
+
     fn scale(&self) -> f64 {
         1.0 / (self.config.loss.temperature * self.config.model.temperature)
     }

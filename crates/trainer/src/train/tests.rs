@@ -981,6 +981,40 @@ fn the_sequence_task_learns_next_items_resumes_identically_and_checks_its_config
     );
 }
 
+#[test]
+fn replicated_sequence_steps_train_the_model_one_graph_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = leave_last_out_dataset(dir.path());
+    // Without dropout the parts' masks do not matter: any difference is in the gradients,
+    // and with token tables from the item tower (`tower`) they flow back through the
+    // catalogue the parts share.
+    let losses = |replicas: usize| {
+        let name = format!("replicas-{replicas}");
+        let mut config = sequence_config(&data, &dir.path().join(name));
+        config.model.sequence.items = crate::config::SequenceItemsKind::Tower;
+        config.model.sequence.dropout = 0.0;
+        config.train.epochs = 3;
+        config.train.replicas = replicas;
+        let report = train(&config, &TrainOptions::default()).unwrap();
+        let losses: Vec<f64> = report.epochs.iter().map(|e| e.train_loss).collect();
+        let val = hr(report.metrics.retrieval.unwrap().val.as_ref().unwrap(), 50);
+        (losses, val)
+    };
+    let (one, val_one) = losses(1);
+    for replicas in [2, 3] {
+        let (parts, val_parts) = losses(replicas);
+        for (a, b) in one.iter().zip(&parts) {
+            assert!((a - b).abs() < 1e-4 * a, "{replicas}: {one:?} vs {parts:?}");
+        }
+        assert!((val_one - val_parts).abs() < 0.02, "{val_one} vs {val_parts}");
+    }
+    assert!(one[2] < one[0] - 0.01, "it learns: {one:?}");
+    let mut sampled = sampled_sequence_config(&data, &dir.path().join("sampled"), 4);
+    sampled.train.replicas = 2;
+    let message = train(&sampled, &TrainOptions::default()).unwrap_err().to_string();
+    assert!(message.contains("train.replicas"), "{message}");
+}
+
 /// `sequence_config` with the sampled softmax: the batch's targets and `shared` negatives.
 fn sampled_sequence_config(data: &Path, out: &Path, shared: usize) -> RunConfig {
     let mut config = sequence_config(data, out);
