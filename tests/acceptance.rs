@@ -155,6 +155,29 @@ fn senet_and_dssm_recipes_reach_the_reference_auc_without_leakage() {
     }
 }
 
+/// The target of the parallel-towers issue: the best leak-free seed-protocol test AUC.
+const BEST_SEED_AUC_TARGET: f64 = 0.77;
+
+#[test]
+#[ignore = "needs ../shared/datasets/ml-1m-bench and minutes; run by `cargo xtask acceptance`"]
+fn the_rated_rows_recipe_reaches_the_best_seed_auc_target() {
+    let Some(source) = bench_folder() else { return };
+    let scratch = tempfile::tempdir().unwrap();
+    let dataset = scratch.path().join("ml-1m-seed");
+    prepare_ml1m(source, Protocol::Seed, dataset.clone());
+    let report = train_recipe("rated.toml", &dataset, scratch.path());
+    let test = report.metrics.test.as_ref().expect("a finished run is tested");
+    println!(
+        "rated.toml: test AUC {:.4}, GAUC {:.4}, best epoch {}, wall {:.0} s",
+        test.auc, test.gauc, report.metrics.best_epoch, report.metrics.wall_s
+    );
+    assert!(
+        test.auc >= BEST_SEED_AUC_TARGET,
+        "configs/rated.toml scored test AUC {:.4}, below {BEST_SEED_AUC_TARGET}",
+        test.auc
+    );
+}
+
 /// DeepMatch's published DSSM test HR@50 on ML-1M under leave-last-out (unmasked).
 const DEEPMATCH_DSSM_HR50: f64 = 0.3555;
 

@@ -1583,6 +1583,21 @@ dir = "runs/x"
         }
         parallel.output.dir = senet.output.dir.clone();
         assert_eq!(parallel, senet);
+        // rated.toml is senet-genres.toml with the parallel branches and no sampled negatives.
+        let mut rated = RunConfig::from_file(dir.join("rated.toml")).unwrap();
+        let genres = RunConfig::from_file(dir.join("senet-genres.toml")).unwrap();
+        assert_eq!(rated.sampler.strategy, SamplerStrategy::None);
+        let parallel = RunConfig::from_file(dir.join("parallel.toml")).unwrap();
+        for (tower, branched) in [
+            (&mut rated.model.user_tower, &parallel.model.user_tower),
+            (&mut rated.model.item_tower, &parallel.model.item_tower),
+        ] {
+            assert_eq!(tower, branched);
+            tower.branches = vec![BranchKind::Mlp];
+        }
+        rated.sampler = genres.sampler.clone();
+        rated.output.dir = genres.output.dir.clone();
+        assert_eq!(rated, genres);
     }
 
     #[test]
