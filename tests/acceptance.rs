@@ -166,7 +166,11 @@ fn the_rated_rows_recipe_reaches_the_best_seed_auc_target() {
     let dataset = scratch.path().join("ml-1m-seed");
     prepare_ml1m(source, Protocol::Seed, dataset.clone());
     let report = train_recipe("rated.toml", &dataset, scratch.path());
-    let test = report.metrics.test.as_ref().expect("a finished run is tested");
+    let test = report
+        .metrics
+        .test
+        .as_ref()
+        .expect("a finished run is tested");
     println!(
         "rated.toml: test AUC {:.4}, GAUC {:.4}, best epoch {}, wall {:.0} s",
         test.auc, test.gauc, report.metrics.best_epoch, report.metrics.wall_s

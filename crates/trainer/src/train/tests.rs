@@ -1006,12 +1006,17 @@ fn replicated_sequence_steps_train_the_model_one_graph_does() {
         for (a, b) in one.iter().zip(&parts) {
             assert!((a - b).abs() < 1e-4 * a, "{replicas}: {one:?} vs {parts:?}");
         }
-        assert!((val_one - val_parts).abs() < 0.02, "{val_one} vs {val_parts}");
+        assert!(
+            (val_one - val_parts).abs() < 0.02,
+            "{val_one} vs {val_parts}"
+        );
     }
     assert!(one[2] < one[0] - 0.01, "it learns: {one:?}");
     let mut sampled = sampled_sequence_config(&data, &dir.path().join("sampled"), 4);
     sampled.train.replicas = 2;
-    let message = train(&sampled, &TrainOptions::default()).unwrap_err().to_string();
+    let message = train(&sampled, &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("train.replicas"), "{message}");
 }
 
