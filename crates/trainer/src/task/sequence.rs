@@ -287,9 +287,13 @@ impl<'a> SequenceTask<'a> {
         variants: &[ProtocolVariant],
     ) -> Result<Vec<RankingReport>, TrainError> {
         let (vectors, tokens) = self.catalogue(model, Mode::Eval, &mut GatherBuffers::default())?;
+        let pools = match self.config.train.replicas {
+            1 => &[][..],
+            _ => self.replica_pools()?,
+        };
         let queries = self
             .evaluation(model)
-            .vectors(&tokens, held_out.users(), newer)?;
+            .vectors_on(pools, &tokens, held_out.users(), newer)?;
         let candidates = read_rows(&vectors, self.setup.candidate_rows())?;
         let dim = self.inputs.model_config.output_dim();
         self.setup.rank(
@@ -323,32 +327,56 @@ impl SequenceQueries<'_> {
         users: &[u32],
         newer: Option<&[Option<u32>]>,
     ) -> Result<Vec<f32>, TrainError> {
-        let (model, mc) = (self.model, self.model.config());
-        let mut buffers = GatherBuffers::default();
-        let mut out = Vec::with_capacity(users.len() * mc.output_dim());
+        self.vectors_on(&[], tokens, users, newer)
+    }
+
+    /// As [`vectors`](Self::vectors), the chunks of users spread over `pools` (the replicas'
+    /// single-threaded pools; none: this thread), the same chunks either way.
+    pub(crate) fn vectors_on(
+        &self,
+        pools: &[rayon::ThreadPool],
+        tokens: &Tensor,
+        users: &[u32],
+        newer: Option<&[Option<u32>]>,
+    ) -> Result<Vec<f32>, TrainError> {
         // Attention holds `users x max_len^2` weights per block: small chunks.
-        let batch_size = self.batch_size.clamp(1, 256);
-        for (c, chunk) in users.chunks(batch_size).enumerate() {
-            let sequences: Vec<Vec<u32>> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, &u)| {
-                    let mut s = self.sequences.of(u).to_vec();
-                    s.extend(newer.and_then(|n| n[c * batch_size + i]));
-                    s
-                })
-                .collect();
-            let user_batch = self.users.batch(mc, chunk, &mut buffers, model.device())?;
-            let sequences = sequences.iter().map(Vec::as_slice);
-            out.extend(encode_queries(
-                model,
-                tokens,
-                sequences,
-                self.max_len,
-                &user_batch,
-            )?);
+        let size = self.batch_size.clamp(1, 256);
+        let chunk = |c: usize| {
+            let first = c * size;
+            let chunk = &users[first..(first + size).min(users.len())];
+            let newer = newer.map(|n| &n[first..first + chunk.len()]);
+            self.chunk_vectors(tokens, chunk, newer)
+        };
+        let mut out = Vec::with_capacity(users.len() * self.model.config().output_dim());
+        for vectors in replicas::on_pools(pools, users.len().div_ceil(size), &chunk) {
+            out.extend(vectors?);
         }
         Ok(out)
+    }
+
+    /// The vectors of one chunk of `users` (`newer`: theirs).
+    fn chunk_vectors(
+        &self,
+        tokens: &Tensor,
+        users: &[u32],
+        newer: Option<&[Option<u32>]>,
+    ) -> Result<Vec<f32>, TrainError> {
+        let model = self.model;
+        let sequences: Vec<Vec<u32>> = users
+            .iter()
+            .enumerate()
+            .map(|(i, &u)| {
+                let mut s = self.sequences.of(u).to_vec();
+                s.extend(newer.and_then(|n| n[i]));
+                s
+            })
+            .collect();
+        let mut buffers = GatherBuffers::default();
+        let user_batch = self
+            .users
+            .batch(model.config(), users, &mut buffers, model.device())?;
+        let sequences = sequences.iter().map(Vec::as_slice);
+        encode_queries(model, tokens, sequences, self.max_len, &user_batch)
     }
 }
 

@@ -49,7 +49,7 @@ impl SequenceTask<'_> {
             let seed = derive_seed(seed, 0, STREAM_REPLICAS, p as u64);
             self.part_gradients(model, chunks[p], catalogue, seed, positions)
         };
-        let parts = self.run_parts(chunks.len(), &part)?;
+        let parts = on_pools(self.replica_pools()?, chunks.len(), &part);
         let (mut loss, mut grads) = (0.0, None::<GradStore>);
         for part in parts {
             let part = part?;
@@ -72,43 +72,9 @@ impl SequenceTask<'_> {
         Ok(StepLoss::Gradients { value: loss, grads })
     }
 
-    /// `part(p)` for every part `p < parts`, in order: worker `w` of the replica pools computes
-    /// parts `w`, `w + workers`, ... on its own single-threaded pool.
-    fn run_parts(
-        &self,
-        parts: usize,
-        part: &(dyn Fn(usize) -> Result<PartGradients, TrainError> + Sync),
-    ) -> Result<Vec<Result<PartGradients, TrainError>>, TrainError> {
-        let pools = self.replica_pools()?;
-        let workers = pools.len().min(parts).max(1);
-        let mut done: Vec<Option<Result<PartGradients, TrainError>>> =
-            (0..parts).map(|_| None).collect();
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|w| {
-                    let pool = &pools[w];
-                    scope.spawn(move || {
-                        pool.install(|| {
-                            (w..parts)
-                                .step_by(workers)
-                                .map(|p| (p, part(p)))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                })
-                .collect();
-            for handle in handles {
-                for (p, result) in handle.join().expect("a replica worker panicked") {
-                    done[p] = Some(result);
-                }
-            }
-        });
-        Ok(done.into_iter().flatten().collect())
-    }
-
     /// One single-threaded rayon pool per worker (`min(train.replicas, threads of rayon's
     /// global pool)`), built at the first step.
-    fn replica_pools(&self) -> Result<&[rayon::ThreadPool], TrainError> {
+    pub(super) fn replica_pools(&self) -> Result<&[rayon::ThreadPool], TrainError> {
         let workers = self.config.train.replicas.min(rayon::current_num_threads());
         let pools = self.replica_pools.get_or_init(|| {
             (0..workers)
@@ -170,5 +136,77 @@ fn item_tower_gradients(outputs: [(Tensor, Option<Tensor>); 2]) -> Result<GradSt
             .backward()
             .map_err(TrainError::tensor("backpropagating the item tower")),
         None => Ok(GradStore::default()),
+    }
+}
+
+/// `job(j)` for every `j < jobs`, in order of `j`: worker `w` computes jobs `w`, `w + workers`,
+/// ... on `pools[w]` (one pool per worker, single-threaded), so the results do not depend on the
+/// number of pools.
+pub(super) fn on_pools<T: Send>(
+    pools: &[rayon::ThreadPool],
+    jobs: usize,
+    job: &(dyn Fn(usize) -> T + Sync),
+) -> Vec<T> {
+    let workers = pools.len().min(jobs);
+    if workers <= 1 {
+        return (0..jobs).map(job).collect();
+    }
+    let mut done: Vec<Option<T>> = (0..jobs).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = pools[..workers]
+            .iter()
+            .enumerate()
+            .map(|(w, pool)| {
+                scope.spawn(move || {
+                    pool.install(|| {
+                        (w..jobs)
+                            .step_by(workers)
+                            .map(|j| (j, job(j)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+            })
+            .collect();
+        for handle in handles {
+            for (j, result) in handle.join().expect("a replica worker panicked") {
+                done[j] = Some(result);
+            }
+        }
+    });
+    done.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools(n: usize) -> Vec<rayon::ThreadPool> {
+        (0..n)
+            .map(|_| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn jobs_come_back_in_order_whatever_the_pools_and_run_on_each_pool() {
+        let job = |j: usize| (j * j, std::thread::current().id());
+        for n in [0, 1, 2, 3] {
+            let pools = pools(n);
+            let done = on_pools(&pools, 7, &job);
+            let values: Vec<usize> = done.iter().map(|d| d.0).collect();
+            assert_eq!(values, [0, 1, 4, 9, 16, 25, 36], "{n} pools");
+            let threads: std::collections::HashSet<_> = done.iter().map(|d| d.1).collect();
+            // Job j runs on pool j % n: as many threads as pools (this thread without pools).
+            assert_eq!(threads.len(), n.max(1), "{n} pools");
+            if n >= 2 {
+                assert_eq!(done[0].1, done[n].1);
+                assert_ne!(done[0].1, done[1].1);
+            }
+        }
+        assert!(on_pools(&pools(2), 0, &job).is_empty());
     }
 }
