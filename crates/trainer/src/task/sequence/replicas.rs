@@ -1,6 +1,6 @@
 //! Data-parallel steps of the sequence task (`train.replicas`): the batch's windows split into
-//! parts whose losses and gradients are computed side by side, one part per thread, each op
-//! single-threaded. Candle splits every small op over the cores, and at this model's sizes the
+//! parts whose losses and gradients are computed side by side on single-threaded pools, one per
+//! core (at most one per part), each op single-threaded. Candle splits every small op over the cores, and at this model's sizes the
 //! threads mostly wait for each other; whole parts side by side keep both cores busy.
 //!
 //! The catalogue (the item tower over every movie, and the token table) is computed once per
