@@ -718,9 +718,9 @@ pub struct TrainConfig {
     /// Which code trains. Default `auto`. Both give the same results up to float rounding.
     pub engine: EngineKind,
     /// Data-parallel parts of each batch (the sequence task's full softmax through Candle):
-    /// each part's loss and gradients are computed side by side, one part per thread, each
-    /// op single-threaded, and the gradients added in part order, so a result depends on this
-    /// value but not on the thread count. 1 computes the batch as one graph. Default 1.
+    /// the parts' losses and gradients are computed side by side on single-threaded pools, one
+    /// per core, and the gradients added in part order, so a result depends on this value but
+    /// not on the thread count. 1 computes the batch as one graph. Default 1.
     pub replicas: usize,
     /// Rows per evaluation batch. Default 8192.
     pub eval_batch_size: usize,
