@@ -106,16 +106,10 @@ impl CustomOp1 for Gather {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let table = crate::ops::contiguous_slice::<f32>(storage, layout)?;
         let dim = layout.shape().dims2()?.1;
-        let rows = self.ids.len() / self.pool.slots.max(1);
-        let mut slots = vec![0f32; self.ids.len() * dim];
-        for (slot, &id) in slots.chunks_exact_mut(dim).zip(self.ids.iter()) {
-            slot.copy_from_slice(&table[id as usize * dim..][..dim]);
-        }
-        let out = self.pool.pool(&slots, dim);
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((rows, self.pool.fields, dim)),
-        ))
+        // Slot `j` is row `ids[j]` of the table: no `[B, T, E]` copy.
+        let out = self.pool.pool(table, dim, |j| self.ids[j] as usize);
+        let shape = (self.pool.rows(), self.pool.fields, dim);
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
 
     fn bwd(
@@ -125,66 +119,73 @@ impl CustomOp1 for Gather {
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let (vocab, dim) = table.dims2()?;
-        let g = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let d_slots = self.pool.unpool(&g, dim);
+        let d_slots = self.pool.unpool(&host_f32(grad)?, dim);
         let mut d_table = vec![0f32; vocab * dim];
         for (d, &id) in d_slots.chunks_exact(dim).zip(self.ids.iter()) {
-            let row = &mut d_table[id as usize * dim..][..dim];
-            row.iter_mut().zip(d).for_each(|(r, &d)| *r += d);
+            add_scaled(&mut d_table[id as usize * dim..][..dim], 1.0, d);
         }
         Tensor::from_vec(d_table, (vocab, dim), grad.device()).map(Some)
     }
 }
 
-/// The forward op (`transpose = false`: slots to fields) and its backward (fields' gradient
-/// to the slots').
+/// [`pool_fields`]'s op (slots to fields) and, through [`PoolFields::unpool`], its backward.
 #[derive(Clone)]
 struct PoolFields {
+    /// `B * F * T`, row-major.
     weights: Arc<Vec<f32>>,
     fields: usize,
     slots: usize,
 }
 
 impl PoolFields {
-    /// `out[r, f, :] += w[r, f, t] * x[r, t, :]`.
-    fn pool(&self, x: &[f32], dim: usize) -> Vec<f32> {
+    /// `B`.
+    fn rows(&self) -> usize {
+        self.weights.len() / (self.fields * self.slots).max(1)
+    }
+
+    /// Every nonzero weight as (field row `r * F + f`, slot row `r * T + t`, weight), in that
+    /// row-major order.
+    fn entries(&self) -> impl Iterator<Item = (usize, usize, f32)> + '_ {
         let (f_n, t_n) = (self.fields, self.slots);
-        let rows = x.len() / (t_n * dim).max(1);
-        let mut out = vec![0f32; rows * f_n * dim];
-        for r in 0..rows {
-            for f in 0..f_n {
-                let o = &mut out[(r * f_n + f) * dim..][..dim];
-                for t in 0..t_n {
-                    let w = self.weights[(r * f_n + f) * t_n + t];
-                    if w != 0.0 {
-                        let s = &x[(r * t_n + t) * dim..][..dim];
-                        o.iter_mut().zip(s).for_each(|(o, &s)| *o += w * s);
-                    }
-                }
-            }
+        self.weights
+            .iter()
+            .enumerate()
+            .filter(|&(_, &w)| w != 0.0)
+            .map(move |(i, &w)| {
+                let (field_row, t) = (i / t_n, i % t_n);
+                (field_row, field_row / f_n * t_n + t, w)
+            })
+    }
+
+    /// `out[r, f, :] = sum_t w[r, f, t] * source[slot(r * T + t), :]` (`source` rows of `dim`).
+    fn pool(&self, source: &[f32], dim: usize, slot: impl Fn(usize) -> usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows() * self.fields * dim];
+        for (field_row, slot_row, w) in self.entries() {
+            let x = &source[slot(slot_row) * dim..][..dim];
+            add_scaled(&mut out[field_row * dim..][..dim], w, x);
         }
         out
     }
 
     /// `d_x[r, t, :] = sum_f w[r, f, t] * d_out[r, f, :]`.
     fn unpool(&self, d_out: &[f32], dim: usize) -> Vec<f32> {
-        let (f_n, t_n) = (self.fields, self.slots);
-        let rows = d_out.len() / (f_n * dim).max(1);
-        let mut d_x = vec![0f32; rows * t_n * dim];
-        for r in 0..rows {
-            for f in 0..f_n {
-                let g = &d_out[(r * f_n + f) * dim..][..dim];
-                for t in 0..t_n {
-                    let w = self.weights[(r * f_n + f) * t_n + t];
-                    if w != 0.0 {
-                        let d = &mut d_x[(r * t_n + t) * dim..][..dim];
-                        d.iter_mut().zip(g).for_each(|(d, &g)| *d += w * g);
-                    }
-                }
-            }
+        let mut d_x = vec![0f32; self.rows() * self.slots * dim];
+        for (field_row, slot_row, w) in self.entries() {
+            let g = &d_out[field_row * dim..][..dim];
+            add_scaled(&mut d_x[slot_row * dim..][..dim], w, g);
         }
         d_x
     }
+}
+
+/// `out += w * x`.
+fn add_scaled(out: &mut [f32], w: f32, x: &[f32]) {
+    out.iter_mut().zip(x).for_each(|(o, &x)| *o += w * x);
+}
+
+/// A tensor's values as host `f32`s, row-major.
+fn host_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }
 
 impl CustomOp1 for PoolFields {
@@ -199,10 +200,8 @@ impl CustomOp1 for PoolFields {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = crate::ops::contiguous_slice::<f32>(storage, layout)?;
         let (b, _, e) = layout.shape().dims3()?;
-        Ok((
-            CpuStorage::F32(self.pool(x, e)),
-            Shape::from((b, self.fields, e)),
-        ))
+        let out = self.pool(x, e, |j| j);
+        Ok((CpuStorage::F32(out), Shape::from((b, self.fields, e))))
     }
 
     fn bwd(
@@ -212,13 +211,8 @@ impl CustomOp1 for PoolFields {
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let (b, _, e) = grad.dims3()?;
-        let g = grad
-            .to_dtype(DType::F32)?
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let d = Tensor::from_vec(self.unpool(&g, e), (b, self.slots, e), grad.device())?;
-        Ok(Some(d))
+        let d_x = self.unpool(&host_f32(grad)?, e);
+        Tensor::from_vec(d_x, (b, self.slots, e), grad.device()).map(Some)
     }
 }
 
