@@ -269,7 +269,7 @@ impl<'a> Learner<'a> {
 
     /// One optimizer step from a batch's loss; the loss value, or the NaN stop.
     fn update(&mut self, loss: StepLoss, lr: f64, at: (usize, usize)) -> Result<f32, TrainError> {
-        match loss {
+        let (value, grads) = match loss {
             StepLoss::Graph(loss) => {
                 let value = loss
                     .to_dtype(candle_core::DType::F32)
@@ -279,35 +279,38 @@ impl<'a> Learner<'a> {
                 let grads = loss
                     .backward()
                     .map_err(TrainError::tensor("backpropagating"))?;
-                self.optimizer
-                    .step(&grads, lr)
-                    .map_err(TrainError::tensor("updating weights"))?;
-                Ok(value)
+                (value, grads)
             }
-            StepLoss::Gradients { value, grads } => {
-                let value = self.finite(value as f32, at)?;
-                self.optimizer
-                    .step(&grads, lr)
-                    .map_err(TrainError::tensor("updating weights"))?;
-                Ok(value)
-            }
-            StepLoss::Computed(value) => {
-                let value = self.finite(value as f32, at)?;
-                let run_error = |message: String| TrainError::Run {
-                    path: self.folder.dir().to_path_buf(),
-                    message,
-                };
-                let engine = self
-                    .engine
-                    .as_mut()
-                    .ok_or_else(|| run_error("a computed loss without the engine".to_string()))?;
-                let (params, grads) = engine.params_mut();
-                self.optimizer
-                    .step_flat(params, grads, lr)
-                    .map_err(|e| run_error(e.to_string()))?;
-                Ok(value)
-            }
-        }
+            StepLoss::Gradients { value, grads } => (self.finite(value as f32, at)?, grads),
+            StepLoss::Computed(value) => return self.engine_update(value, lr, at),
+        };
+        self.optimizer
+            .step(&grads, lr)
+            .map_err(TrainError::tensor("updating weights"))?;
+        Ok(value)
+    }
+
+    /// One optimizer step on the engine's flat weights from the gradient it holds.
+    fn engine_update(
+        &mut self,
+        value: f64,
+        lr: f64,
+        at: (usize, usize),
+    ) -> Result<f32, TrainError> {
+        let value = self.finite(value as f32, at)?;
+        let run_error = |message: String| TrainError::Run {
+            path: self.folder.dir().to_path_buf(),
+            message,
+        };
+        let engine = self
+            .engine
+            .as_mut()
+            .ok_or_else(|| run_error("a computed loss without the engine".to_string()))?;
+        let (params, grads) = engine.params_mut();
+        self.optimizer
+            .step_flat(params, grads, lr)
+            .map_err(|e| run_error(e.to_string()))?;
+        Ok(value)
     }
 
     /// `value`, or the NaN stop at (epoch, step) naming the last good checkpoint.

@@ -287,10 +287,7 @@ impl<'a> SequenceTask<'a> {
         variants: &[ProtocolVariant],
     ) -> Result<Vec<RankingReport>, TrainError> {
         let (vectors, tokens) = self.catalogue(model, Mode::Eval, &mut GatherBuffers::default())?;
-        let pools = match self.config.train.replicas {
-            1 => &[][..],
-            _ => self.replica_pools()?,
-        };
+        let pools = self.replica_pools()?;
         let queries = self
             .evaluation(model)
             .vectors_on(pools, &tokens, held_out.users(), newer)?;

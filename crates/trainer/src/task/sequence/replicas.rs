@@ -73,9 +73,13 @@ impl SequenceTask<'_> {
     }
 
     /// One single-threaded rayon pool per worker (`min(train.replicas, threads of rayon's
-    /// global pool)`), built at the first step.
+    /// global pool)`), built at the first call; none with one replica (everything then runs on
+    /// the calling thread, as one graph does).
     pub(super) fn replica_pools(&self) -> Result<&[rayon::ThreadPool], TrainError> {
-        let workers = self.config.train.replicas.min(rayon::current_num_threads());
+        let workers = match self.config.train.replicas {
+            1 => 0,
+            replicas => replicas.min(rayon::current_num_threads()),
+        };
         let pools = self.replica_pools.get_or_init(|| {
             (0..workers)
                 .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
