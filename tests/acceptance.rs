@@ -53,6 +53,16 @@ fn prepare_ml1m(source: PathBuf, protocol: Protocol, out: PathBuf) -> Dataset {
     Dataset::open(&out).expect("the prepared dataset opens")
 }
 
+/// A scratch folder with ML-1M freshly prepared under `protocol` at `<scratch>/ml-1m-<protocol>`
+/// (that path and its dataset), or `None`, said, without the bench data.
+fn prepared_in_scratch(protocol: Protocol) -> Option<(tempfile::TempDir, PathBuf, Dataset)> {
+    let source = bench_folder()?;
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join(format!("ml-1m-{}", protocol.name()));
+    let dataset = prepare_ml1m(source, protocol, dir.clone());
+    Some((scratch, dir, dataset))
+}
+
 #[test]
 #[ignore = "needs ../shared/datasets/ml-1m-bench; run by `cargo xtask acceptance`"]
 fn ml1m_counts_match_the_published_dataset_under_both_protocols() {
@@ -118,10 +128,9 @@ const REFERENCE_AUC: f64 = 0.73;
 #[test]
 #[ignore = "needs ../shared/datasets/ml-1m-bench and minutes; run by `cargo xtask acceptance`"]
 fn senet_and_dssm_recipes_reach_the_reference_auc_without_leakage() {
-    let Some(source) = bench_folder() else { return };
-    let scratch = tempfile::tempdir().unwrap();
-    let dataset = scratch.path().join("ml-1m-seed");
-    let prepared = prepare_ml1m(source, Protocol::Seed, dataset.clone());
+    let Some((scratch, dataset, prepared)) = prepared_in_scratch(Protocol::Seed) else {
+        return;
+    };
     // Without leakage: the movie statistics come from the train rows only, and the runs record
     // that dataset.
     assert_eq!(prepared.manifest.item_statistics, ItemStatistics::Train);
@@ -161,10 +170,9 @@ const BEST_SEED_AUC_TARGET: f64 = 0.77;
 #[test]
 #[ignore = "needs ../shared/datasets/ml-1m-bench and minutes; run by `cargo xtask acceptance`"]
 fn the_rated_rows_recipe_reaches_the_best_seed_auc_target() {
-    let Some(source) = bench_folder() else { return };
-    let scratch = tempfile::tempdir().unwrap();
-    let dataset = scratch.path().join("ml-1m-seed");
-    prepare_ml1m(source, Protocol::Seed, dataset.clone());
+    let Some((scratch, dataset, _)) = prepared_in_scratch(Protocol::Seed) else {
+        return;
+    };
     let report = train_recipe("rated.toml", &dataset, scratch.path());
     let test = report
         .metrics
@@ -188,10 +196,9 @@ const DEEPMATCH_DSSM_HR50: f64 = 0.3555;
 #[test]
 #[ignore = "needs ../shared/datasets/ml-1m-bench and minutes; run by `cargo xtask acceptance`"]
 fn retrieval_recipe_beats_popularity_at_every_cutoff() {
-    let Some(source) = bench_folder() else { return };
-    let scratch = tempfile::tempdir().unwrap();
-    let dataset = scratch.path().join("ml-1m-leave-last-out");
-    prepare_ml1m(source, Protocol::LeaveLastOut, dataset.clone());
+    let Some((scratch, dataset, _)) = prepared_in_scratch(Protocol::LeaveLastOut) else {
+        return;
+    };
     let report = train_recipe("retrieval.toml", &dataset, scratch.path());
     let retrieval = report
         .metrics
