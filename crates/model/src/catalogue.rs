@@ -16,15 +16,81 @@ use crate::softmax::softmax_cross_entropy;
 /// Rows per block of the fused op.
 const BLOCK_ROWS: usize = 256;
 
+/// Catalogue columns left out of each row's softmax, row by row: what the sequence task's
+/// `loss.exclude_seen` leaves out (the items a user has already seen before each target). A row's
+/// own target is never left out, even when listed.
+///
+/// ```
+/// let mut excluded = dssm_model::RowExclusions::default();
+/// excluded.push_row([3, 1]);
+/// excluded.push_row([]);
+/// assert_eq!((excluded.rows(), excluded.row(0), excluded.row(1)), (2, &[3, 1][..], &[][..]));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowExclusions {
+    /// Row `i`'s columns are `columns[offsets[i]..offsets[i + 1]]`.
+    offsets: Vec<usize>,
+    columns: Vec<u32>,
+}
+
+impl Default for RowExclusions {
+    fn default() -> Self {
+        Self {
+            offsets: vec![0],
+            columns: Vec::new(),
+        }
+    }
+}
+
+impl RowExclusions {
+    /// Appends the next row's excluded columns.
+    pub fn push_row(&mut self, columns: impl IntoIterator<Item = u32>) {
+        self.columns.extend(columns);
+        self.offsets.push(self.columns.len());
+    }
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Row `i`'s excluded columns.
+    pub fn row(&self, i: usize) -> &[u32] {
+        &self.columns[self.offsets[i]..self.offsets[i + 1]]
+    }
+
+    /// Appends every row of `other` after this one's.
+    pub fn extend(&mut self, other: &RowExclusions) {
+        for i in 0..other.rows() {
+            self.push_row(other.row(i).iter().copied());
+        }
+    }
+
+    /// `(row, column)` pairs, the row's target left out (the form [`softmax_cross_entropy`]
+    /// reads).
+    fn pairs(&self, targets: &[u32]) -> Vec<(u32, u32)> {
+        (0..self.rows())
+            .flat_map(|i| {
+                let t = targets[i];
+                self.row(i)
+                    .iter()
+                    .filter(move |&&j| j != t)
+                    .map(move |&j| (i as u32, j))
+            })
+            .collect()
+    }
+}
+
 /// Mean over rows of `-ln softmax(scale * queries items^T)[row, targets[row]]`: `queries`
-/// `[P, D]`, `items` `[C, D]`, `targets` `P` columns of `0..C`. Differentiable in both inputs.
+/// `[P, D]`, `items` `[C, D]`, `targets` `P` columns of `0..C`; with `excluded` (one row per
+/// query), its columns are left out of each row's softmax. Differentiable in both inputs.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
 /// let q = Tensor::new(&[[1f32, 0.0]], &Device::Cpu)?;
 /// let items = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu)?;
 /// // Scores [1, 0] at scale 1, target 0: -ln(e / (e + 1)).
-/// let loss = dssm_model::catalogue_softmax_cross_entropy(&q, &items, &[0], 1.0)?;
+/// let loss = dssm_model::catalogue_softmax_cross_entropy(&q, &items, &[0], None, 1.0)?;
 /// let e = std::f32::consts::E;
 /// assert!((loss.to_scalar::<f32>()? + (e / (e + 1.0)).ln()).abs() < 1e-6);
 /// # Ok::<(), candle_core::Error>(())
@@ -33,6 +99,7 @@ pub fn catalogue_softmax_cross_entropy(
     queries: &Tensor,
     items: &Tensor,
     targets: &[u32],
+    excluded: Option<&RowExclusions>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let (rows, dim) = queries.dims2()?;
@@ -48,15 +115,30 @@ pub fn catalogue_softmax_cross_entropy(
     if let Some(t) = targets.iter().find(|&&t| t as usize >= columns) {
         candle_core::bail!("catalogue softmax: target {t} of {columns} items");
     }
+    let excluded = excluded.cloned().unwrap_or_default();
+    if excluded.rows() > 0 && excluded.rows() != rows {
+        candle_core::bail!(
+            "catalogue softmax: exclusions for {} rows, {rows} queries",
+            excluded.rows()
+        );
+    }
+    if let Some(j) = excluded.columns.iter().find(|&&j| j as usize >= columns) {
+        candle_core::bail!("catalogue softmax: excluded column {j} of {columns} items");
+    }
     let fused =
         queries.device().is_cpu() && queries.dtype() == DType::F32 && items.dtype() == DType::F32;
     if !fused {
         let scores = queries.matmul(&items.t()?)?;
-        return softmax_cross_entropy(&scores, scale, None, &[], targets);
+        let pairs = match excluded.rows() {
+            0 => Vec::new(),
+            _ => excluded.pairs(targets),
+        };
+        return softmax_cross_entropy(&scores, scale, None, &pairs, targets);
     }
     let op = CatalogueXent {
         scale: scale as f32,
         targets: Arc::new(targets.to_vec()),
+        excluded: Arc::new(excluded),
         grads: Arc::new(Mutex::new(None)),
     };
     queries.contiguous()?.apply_op2(&items.contiguous()?, op)
@@ -68,6 +150,8 @@ type Grads = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
 struct CatalogueXent {
     scale: f32,
     targets: Arc<Vec<u32>>,
+    /// No rows: nothing excluded.
+    excluded: Arc<RowExclusions>,
     grads: Grads,
 }
 
@@ -95,7 +179,15 @@ impl CatalogueXent {
         let mut loss = 0.0;
         for (i, row) in z.chunks_mut(c).enumerate() {
             row.iter_mut().for_each(|s| *s *= self.scale);
-            loss += softmax_row(row, self.targets[first + i] as usize, factor);
+            let target = self.targets[first + i];
+            if self.excluded.rows() > 0 {
+                for &j in self.excluded.row(first + i) {
+                    if j != target {
+                        row[j as usize] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            loss += softmax_row(row, target as usize, factor);
             row.iter_mut().for_each(|g| *g *= self.scale);
         }
         let mut d_queries = vec![0f32; m * dim];
@@ -186,18 +278,19 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn the_fused_op_matches_candle_ops_in_loss_and_both_gradients() {
-        // 600 rows: three blocks, the last one partial.
-        let (p, c, d) = (600, 37, 8);
+    /// The fused op against Candle ops (matmul, then the unfused softmax with the same
+    /// exclusions as pairs) in loss and both gradients, on `p` rows of `c` items.
+    fn assert_fused_matches_candle(p: usize, c: usize, excluded: Option<&RowExclusions>) {
+        let d = 8;
         let device = Device::Cpu;
         let q = Var::from_vec(values(p * d, 1), (p, d), &device).unwrap();
         let v = Var::from_vec(values(c * d, 2), (c, d), &device).unwrap();
         let targets: Vec<u32> = (0..p as u32).map(|i| (i * 7) % c as u32).collect();
-        let fused = catalogue_softmax_cross_entropy(&q, &v, &targets, 20.0).unwrap();
+        let fused = catalogue_softmax_cross_entropy(&q, &v, &targets, excluded, 20.0).unwrap();
         let scores = q.matmul(&v.t().unwrap()).unwrap();
+        let pairs = excluded.map(|e| e.pairs(&targets)).unwrap_or_default();
         let plain =
-            crate::softmax::softmax_cross_entropy_unfused(&scores, 20.0, None, &[], &targets)
+            crate::softmax::softmax_cross_entropy_unfused(&scores, 20.0, None, &pairs, &targets)
                 .unwrap();
         let (a, b) = (
             fused.to_scalar::<f32>().unwrap(),
@@ -209,20 +302,15 @@ mod tests {
             (plain * 3.0).unwrap().backward().unwrap(),
         );
         for var in [&q, &v] {
-            let x: Vec<f32> = gf
-                .get(var)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let y: Vec<f32> = gp
-                .get(var)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let read = |g: &candle_core::backprop::GradStore| -> Vec<f32> {
+                g.get(var)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            let (x, y) = (read(&gf), read(&gp));
             let worst = x
                 .iter()
                 .zip(&y)
@@ -237,13 +325,52 @@ mod tests {
     }
 
     #[test]
+    fn the_fused_op_matches_candle_ops_in_loss_and_both_gradients() {
+        // 600 rows: three blocks, the last one partial.
+        assert_fused_matches_candle(600, 37, None);
+    }
+
+    #[test]
+    fn excluded_columns_leave_the_softmax_in_both_paths() {
+        // Row i leaves out the columns before its target (a user's earlier items), and lists
+        // its own target too every third row (kept: a target is never left out).
+        let (p, c) = (600, 37);
+        let mut excluded = RowExclusions::default();
+        for i in 0..p as u32 {
+            let target = (i * 7) % c as u32;
+            let listed_target = (i % 3 == 0).then_some(target);
+            excluded.push_row((0..target).chain(listed_target));
+        }
+        assert_fused_matches_candle(p, c, Some(&excluded));
+        // The loss of one row with every other column left out is 0 (softmax of one column).
+        let device = Device::Cpu;
+        let q = Tensor::new(&[[1f32, 2.0]], &device).unwrap();
+        let v = Tensor::new(&[[0.5f32, 1.0], [3.0, 3.0], [-1.0, 2.0]], &device).unwrap();
+        let mut all_but_target = RowExclusions::default();
+        all_but_target.push_row([1, 2]);
+        let loss = catalogue_softmax_cross_entropy(&q, &v, &[0], Some(&all_but_target), 1.0)
+            .and_then(|l| l.to_scalar::<f32>())
+            .unwrap();
+        assert!(loss.abs() < 1e-6, "{loss}");
+        let unmasked = catalogue_softmax_cross_entropy(&q, &v, &[0], None, 1.0)
+            .and_then(|l| l.to_scalar::<f32>())
+            .unwrap();
+        assert!(unmasked > 1.0, "{unmasked}");
+    }
+
+    #[test]
     fn bad_shapes_and_targets_are_errors() {
         let device = Device::Cpu;
         let q = Tensor::zeros((2, 3), DType::F32, &device).unwrap();
         let v = Tensor::zeros((4, 3), DType::F32, &device).unwrap();
-        assert!(catalogue_softmax_cross_entropy(&q, &v, &[0], 1.0).is_err());
-        assert!(catalogue_softmax_cross_entropy(&q, &v, &[0, 4], 1.0).is_err());
+        assert!(catalogue_softmax_cross_entropy(&q, &v, &[0], None, 1.0).is_err());
+        assert!(catalogue_softmax_cross_entropy(&q, &v, &[0, 4], None, 1.0).is_err());
         let w = Tensor::zeros((4, 2), DType::F32, &device).unwrap();
-        assert!(catalogue_softmax_cross_entropy(&q, &w, &[0, 1], 1.0).is_err());
+        assert!(catalogue_softmax_cross_entropy(&q, &w, &[0, 1], None, 1.0).is_err());
+        let mut one_row = RowExclusions::default();
+        one_row.push_row([1]);
+        assert!(catalogue_softmax_cross_entropy(&q, &v, &[0, 1], Some(&one_row), 1.0).is_err());
+        one_row.push_row([4]);
+        assert!(catalogue_softmax_cross_entropy(&q, &v, &[0, 1], Some(&one_row), 1.0).is_err());
     }
 }

@@ -75,7 +75,7 @@ mod softmax;
 mod tests;
 
 pub use batch::{HostColumn, SideBatch};
-pub use catalogue::catalogue_softmax_cross_entropy;
+pub use catalogue::{RowExclusions, catalogue_softmax_cross_entropy};
 pub use config::{
     Activation, Branch, ConfigError, DEFAULT_CROSS_LAYERS, FeatureKind, FeatureSpec,
     LEAKY_RELU_SLOPE, ModelConfig, Pooling, SenetConfig, SequenceConfig, SequenceItems, Side,

@@ -553,6 +553,11 @@ pub struct LossConfig {
     /// too) or `negatives_only` (the positive's logit is left as it is: "Correcting the LogQ
     /// Correction", RecSys 2025). Default `all`.
     pub logq: LogQTarget,
+    /// `full_softmax` (the sequence task) only: leave out of each position's softmax the items
+    /// the user saw before its target (their earlier train items), as the `masked` ranking
+    /// leaves a user's train items out. The tower then learns to rank among unseen items only;
+    /// pair it with `train.select_ranking = "masked"`. Default false.
+    pub exclude_seen: bool,
 }
 
 /// Which logits the log-Q correction subtracts ln q from (`loss.logq`).
@@ -575,6 +580,7 @@ impl Default for LossConfig {
             logq_correction: false,
             shared_negatives: 0,
             logq: LogQTarget::All,
+            exclude_seen: false,
         }
     }
 }
@@ -680,6 +686,28 @@ impl SelectMetric {
     }
 }
 
+/// Which full-catalogue ranking of the validation item selects the best checkpoint under a
+/// retrieval protocol (`train.select_ranking`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectRanking {
+    /// Every candidate, the user's train items included (DeepMatch, torch-rechub).
+    #[default]
+    Unmasked,
+    /// The user's train items left out of the ranking (RecBole, SASRec).
+    Masked,
+}
+
+impl SelectRanking {
+    /// The protocol variant that ranks this way.
+    pub fn variant(self) -> dssm_retrieval::ProtocolVariant {
+        match self {
+            SelectRanking::Unmasked => dssm_retrieval::ProtocolVariant::Unmasked,
+            SelectRanking::Masked => dssm_retrieval::ProtocolVariant::Masked,
+        }
+    }
+}
+
 /// Which code runs the training steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -708,6 +736,9 @@ pub struct TrainConfig {
     pub patience: usize,
     /// The validation metric that selects the best checkpoint. Default `auc`.
     pub select_metric: SelectMetric,
+    /// Under a retrieval protocol, the ranking whose HR@50 `hit_rate` reads: `unmasked` or
+    /// `masked`. Default `unmasked`.
+    pub select_ranking: SelectRanking,
     /// Seed of every random draw (weights, negatives, shuffles, dropout). Default 42.
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`. Default `cpu`.
@@ -734,6 +765,7 @@ impl Default for TrainConfig {
             eval_every: 1,
             patience: 0,
             select_metric: SelectMetric::Auc,
+            select_ranking: SelectRanking::Unmasked,
             seed: 42,
             device: "cpu".to_string(),
             threads: 0,
@@ -1071,6 +1103,13 @@ impl RunConfig {
             }
             _ => {}
         }
+        if t.select_ranking == SelectRanking::Masked && !self.data.protocol.is_retrieval() {
+            return Err(invalid(
+                "train.select_ranking",
+                "\"masked\"",
+                "\"unmasked\" unless data.protocol is leave-last-out or time",
+            ));
+        }
         self.check_sequence()?;
         self.check_branches()?;
         if self.features.history_len > 0 && !self.data.protocol.is_retrieval() {
@@ -1114,6 +1153,13 @@ impl RunConfig {
                 "train.replicas",
                 self.train.replicas,
                 "1 unless model.sequence.enabled with loss.kind \"full_softmax\"",
+            ));
+        }
+        if self.loss.exclude_seen && !(full && sequence.enabled) {
+            return Err(invalid(
+                "loss.exclude_seen",
+                true,
+                "false unless model.sequence.enabled with loss.kind \"full_softmax\"",
             ));
         }
         if !sequence.enabled {
@@ -1441,6 +1487,15 @@ dir = "runs/x"
         let text = GOOD.replace("select_metric = \"auc\"", "select_metric = \"hit_rate\"");
         let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
         assert!(message.contains("train.select_metric"), "{message}");
+        let text = GOOD.replace(
+            "select_metric = \"auc\"",
+            "select_metric = \"auc\"\nselect_ranking = \"masked\"",
+        );
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("train.select_ranking"), "{message}");
+        let text = GOOD.replace("kind = \"bce\"", "kind = \"bce\"\nexclude_seen = true");
+        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(message.contains("loss.exclude_seen"), "{message}");
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub(crate) trait Task {
 pub(crate) struct Validation {
     /// AUC, log loss, GAUC (pointwise task).
     pub(crate) pointwise: Option<PointwiseMetrics>,
-    /// The full-catalogue ranking, `unmasked` (retrieval task).
+    /// The full-catalogue ranking, `train.select_ranking`'s variant (retrieval task).
     pub(crate) ranking: Option<RankingReport>,
 }
 
@@ -119,8 +119,10 @@ impl Validation {
                 v.auc, v.logloss, v.gauc
             ),
             (None, Some(m)) => format!(
-                ", val HR@{SELECT_CUTOFF} {:.4} NDCG@{SELECT_CUTOFF} {:.4} (unmasked)",
-                m.hit_rate, m.ndcg
+                ", val HR@{SELECT_CUTOFF} {:.4} NDCG@{SELECT_CUTOFF} {:.4} ({})",
+                m.hit_rate,
+                m.ndcg,
+                self.ranking.as_ref().map_or("", |r| r.variant.as_str())
             ),
             (None, None) => String::new(),
         }

@@ -81,7 +81,7 @@ impl<'a> RetrievalTask<'a> {
         let popularity_val = setup
             .popularity(
                 &val_held_out,
-                &[ProtocolVariant::Unmasked],
+                &[config.train.select_ranking.variant()],
                 &PROTOCOL_CUTOFFS,
             )?
             .remove(0);
@@ -194,7 +194,7 @@ impl Task for RetrievalTask<'_> {
     }
 
     fn validate(&self, model: &Dssm) -> Result<Validation, TrainError> {
-        let variants = [ProtocolVariant::Unmasked];
+        let variants = [self.config.train.select_ranking.variant()];
         let report = self
             .rank(model, &self.val_users, &self.val_held_out, &variants)?
             .remove(0);

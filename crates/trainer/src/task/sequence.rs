@@ -5,7 +5,9 @@
 //! validation item appended: exactly the queries of the retrieval task, ranked the same way.
 
 use dssm_data::Split;
-use dssm_model::{Dssm, Mode, catalogue_softmax_cross_entropy, softmax_cross_entropy};
+use dssm_model::{
+    Dssm, Mode, RowExclusions, catalogue_softmax_cross_entropy, softmax_cross_entropy,
+};
 use dssm_retrieval::{PROTOCOL_CUTOFFS, ProtocolVariant, RankingReport};
 use dssm_sampler::NegativeSampler;
 use rand::rngs::StdRng;
@@ -222,7 +224,7 @@ impl<'a> SequenceTask<'a> {
         let popularity_val = setup
             .popularity(
                 &val_held_out,
-                &[ProtocolVariant::Unmasked],
+                &[config.train.select_ranking.variant()],
                 &PROTOCOL_CUTOFFS,
             )?
             .remove(0);
@@ -513,7 +515,7 @@ impl Task for SequenceTask<'_> {
     }
 
     fn validate(&self, model: &Dssm) -> Result<Validation, TrainError> {
-        let variants = [ProtocolVariant::Unmasked];
+        let variants = [self.config.train.select_ranking.variant()];
         let report = self
             .rank(model, &self.val_held_out, None, &variants)?
             .remove(0);
@@ -543,6 +545,9 @@ struct StepInputs {
     /// The positions of `padded` with a target, flattened, and their target item rows.
     positions: Vec<u32>,
     targets: Vec<u32>,
+    /// `loss.exclude_seen`: each position's earlier items (catalogue rows), left out of its
+    /// softmax.
+    excluded: Option<RowExclusions>,
     /// The step's dropout seed.
     seed: u64,
 }
@@ -580,12 +585,18 @@ impl SequenceTask<'_> {
             .map(|w| &self.sequences.of(w.user)[w.start..w.end - 1]);
         let padded = Padded::new(inputs, self.config.model.sequence.max_len);
         let (positions, targets) = self.targets(windows, &padded);
+        let excluded = self
+            .config
+            .loss
+            .exclude_seen
+            .then(|| seen_before_targets(&self.sequences, windows));
         let users: Vec<u32> = windows.iter().map(|w| w.user).collect();
         Ok(StepInputs {
             users: self.user_batch(&users, buffers)?,
             padded,
             positions,
             targets,
+            excluded,
             seed,
         })
     }
@@ -603,7 +614,8 @@ impl SequenceTask<'_> {
     ) -> Result<Tensor, TrainError> {
         let (vectors, tokens) = self.catalogue(model, step.item_mode(), buffers)?;
         let q = step.queries(model, &tokens, &step.padded.ids)?;
-        catalogue_softmax_cross_entropy(&q, &vectors, &step.targets, self.scale())
+        let excluded = step.excluded.as_ref();
+        catalogue_softmax_cross_entropy(&q, &vectors, &step.targets, excluded, self.scale())
             .map_err(TrainError::tensor("computing the loss"))
     }
 
@@ -669,6 +681,20 @@ impl SequenceTask<'_> {
     }
 }
 
+/// One row per target of `windows`, in the order of [`SequenceTask::targets`]: the user's train
+/// items before that target (all of them, not only the window's), as the `masked` ranking
+/// leaves every train item out.
+fn seen_before_targets(sequences: &UserSequences, windows: &[Window]) -> RowExclusions {
+    let mut excluded = RowExclusions::default();
+    for w in windows {
+        let sequence = sequences.of(w.user);
+        for k in w.start + 1..w.end {
+            excluded.push_row(sequence[..k].iter().copied());
+        }
+    }
+    excluded
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,6 +706,37 @@ mod tests {
             (next * 7) % n
         };
         windows_of(len, max_len, kind, &mut draw)
+    }
+
+    #[test]
+    fn each_target_excludes_every_earlier_item_of_its_user() {
+        // User 0: items 10, 11, 12, 13; user 1: 20, 21.
+        let sequences = UserSequences {
+            offsets: vec![0, 4, 6],
+            items: vec![10, 11, 12, 13, 20, 21],
+        };
+        // User 0's window 2..4 (input 12, target 13) still excludes 10 and 11.
+        let windows = [
+            Window {
+                user: 0,
+                start: 2,
+                end: 4,
+            },
+            Window {
+                user: 1,
+                start: 0,
+                end: 2,
+            },
+            Window {
+                user: 0,
+                start: 0,
+                end: 3,
+            },
+        ];
+        let excluded = seen_before_targets(&sequences, &windows);
+        let rows: Vec<&[u32]> = (0..excluded.rows()).map(|i| excluded.row(i)).collect();
+        let expected: [&[u32]; 4] = [&[10, 11, 12], &[20], &[10], &[10, 11]];
+        assert_eq!(rows, expected);
     }
 
     #[test]

@@ -1020,6 +1020,45 @@ fn replicated_sequence_steps_train_the_model_one_graph_does() {
     assert!(message.contains("train.replicas"), "{message}");
 }
 
+#[test]
+fn excluding_seen_items_lowers_the_training_softmax_and_selects_on_the_masked_ranking() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = leave_last_out_dataset(dir.path());
+    let run = |exclude: bool| {
+        let mut config = sequence_config(&data, &dir.path().join(format!("exclude-{exclude}")));
+        config.train.epochs = 2;
+        config.loss.exclude_seen = exclude;
+        if exclude {
+            config.train.select_ranking = crate::config::SelectRanking::Masked;
+        }
+        train(&config, &TrainOptions::default()).unwrap()
+    };
+    let (plain, excluding) = (run(false), run(true));
+    // The same first weights, fewer columns in every position's softmax: a lower loss.
+    let first = |r: &TrainReport| r.epochs[0].train_loss;
+    assert!(
+        first(&excluding) < first(&plain) - 1e-3,
+        "{} vs {}",
+        first(&excluding),
+        first(&plain)
+    );
+    // Validation ranks (and selects on) the masked variant; the test still reports both.
+    for (report, variant) in [(&plain, "unmasked"), (&excluding, "masked")] {
+        let retrieval = report.metrics.retrieval.as_ref().unwrap();
+        let val = retrieval.val.as_ref().unwrap();
+        assert_eq!(val.variant, variant);
+        assert_eq!(report.metrics.val_hit_rate, Some(hr(val, 50)));
+        assert_eq!(retrieval.popularity_val.variant, variant);
+        assert_eq!(retrieval.test.len(), 2);
+    }
+    let mut sampled = sampled_sequence_config(&data, &dir.path().join("sampled-excluding"), 4);
+    sampled.loss.exclude_seen = true;
+    let message = train(&sampled, &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("loss.exclude_seen"), "{message}");
+}
+
 /// `sequence_config` with the sampled softmax: the batch's targets and `shared` negatives.
 fn sampled_sequence_config(data: &Path, out: &Path, shared: usize) -> RunConfig {
     let mut config = sequence_config(data, out);

@@ -104,9 +104,11 @@ impl SequenceTask<'_> {
         let step = self.step_inputs(windows, seed, &mut GatherBuffers::default())?;
         let q = step.queries(model, tokens, &step.padded.ids)?;
         let share = step.targets.len() as f64 / positions.max(1) as f64;
-        let loss = catalogue_softmax_cross_entropy(&q, vectors, &step.targets, self.scale())
-            .and_then(|l| l * share)
-            .map_err(TrainError::tensor("computing the loss"))?;
+        let excluded = step.excluded.as_ref();
+        let loss =
+            catalogue_softmax_cross_entropy(&q, vectors, &step.targets, excluded, self.scale())
+                .and_then(|l| l * share)
+                .map_err(TrainError::tensor("computing the loss"))?;
         let value = loss
             .to_dtype(candle_core::DType::F32)
             .and_then(|l| l.to_scalar::<f32>())
