@@ -269,8 +269,13 @@ fn dssm(args: &[String]) -> Result<()> {
 /// `../shared/datasets/ml-1m-bench`, checks the counts the issues name, then trains the recipes in `configs/`
 /// and checks their test figures. Without the data each test says it skipped, or fails when
 /// `DSSM_REQUIRE_REAL_DATA=1` (passed through from the environment) says the data must be there.
+/// Candle's own thread pool is single-threaded (`CANDLE_NUM_THREADS=1` unless set), as `dssm train`
+/// makes it for `configs/sequence.toml`'s replicas: the pool is built once per process, and with two
+/// threads it fights the replicas for the cores.
 fn acceptance(extra: &[String]) -> Result<()> {
+    let candle_threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "1".to_string());
     let status = cargo()
+        .env("CANDLE_NUM_THREADS", candle_threads)
         .args([
             "test",
             "--release",
