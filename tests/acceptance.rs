@@ -122,6 +122,13 @@ fn train_recipe(
         .unwrap_or_else(|e| panic!("configs/{name} failed to train: {e}"))
 }
 
+/// Prepares ML-1M under `protocol` in a scratch folder and trains `configs/<name>` on it; `None`
+/// when the data is absent (the test then says it skipped).
+fn train_prepared(protocol: Protocol, name: &str) -> Option<dssm_trainer::TrainReport> {
+    let (scratch, dataset, _) = prepared_in_scratch(protocol)?;
+    Some(train_recipe(name, &dataset, scratch.path()))
+}
+
 /// The reference's (leaky) test AUC on ML-1M under the `seed` protocol.
 const REFERENCE_AUC: f64 = 0.73;
 
@@ -170,10 +177,9 @@ const BEST_SEED_AUC_TARGET: f64 = 0.77;
 #[test]
 #[ignore = "needs ../shared/datasets/ml-1m-bench and minutes; run by `cargo xtask acceptance`"]
 fn the_rated_rows_recipe_reaches_the_best_seed_auc_target() {
-    let Some((scratch, dataset, _)) = prepared_in_scratch(Protocol::Seed) else {
+    let Some(report) = train_prepared(Protocol::Seed, "rated.toml") else {
         return;
     };
-    let report = train_recipe("rated.toml", &dataset, scratch.path());
     let test = report
         .metrics
         .test
@@ -196,10 +202,9 @@ const DEEPMATCH_DSSM_HR50: f64 = 0.3555;
 #[test]
 #[ignore = "needs ../shared/datasets/ml-1m-bench and minutes; run by `cargo xtask acceptance`"]
 fn retrieval_recipe_beats_popularity_at_every_cutoff() {
-    let Some((scratch, dataset, _)) = prepared_in_scratch(Protocol::LeaveLastOut) else {
+    let Some(report) = train_prepared(Protocol::LeaveLastOut, "retrieval.toml") else {
         return;
     };
-    let report = train_recipe("retrieval.toml", &dataset, scratch.path());
     let retrieval = report
         .metrics
         .retrieval
@@ -266,10 +271,9 @@ const MASKED_HR50_TARGET: f64 = 0.56;
 #[test]
 #[ignore = "needs ../shared/datasets/ml-1m-bench and about 16 minutes; run by `cargo xtask acceptance`"]
 fn the_sequence_recipe_beats_sdm_and_sasrec_where_it_claims_to() {
-    let Some((scratch, dataset, _)) = prepared_in_scratch(Protocol::LeaveLastOut) else {
+    let Some(report) = train_prepared(Protocol::LeaveLastOut, "sequence.toml") else {
         return;
     };
-    let report = train_recipe("sequence.toml", &dataset, scratch.path());
     let retrieval = report
         .metrics
         .retrieval

@@ -59,13 +59,6 @@ impl RowExclusions {
         &self.columns[self.offsets[i]..self.offsets[i + 1]]
     }
 
-    /// Appends every row of `other` after this one's.
-    pub fn extend(&mut self, other: &RowExclusions) {
-        for i in 0..other.rows() {
-            self.push_row(other.row(i).iter().copied());
-        }
-    }
-
     /// `(row, column)` pairs, the row's target left out (the form [`softmax_cross_entropy`]
     /// reads).
     fn pairs(&self, targets: &[u32]) -> Vec<(u32, u32)> {
@@ -83,7 +76,8 @@ impl RowExclusions {
 
 /// Mean over rows of `-ln softmax(scale * queries items^T)[row, targets[row]]`: `queries`
 /// `[P, D]`, `items` `[C, D]`, `targets` `P` columns of `0..C`; with `excluded` (one row per
-/// query), its columns are left out of each row's softmax. Differentiable in both inputs.
+/// query, shared with the op rather than copied), its columns are left out of each row's
+/// softmax. Differentiable in both inputs.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -99,7 +93,7 @@ pub fn catalogue_softmax_cross_entropy(
     queries: &Tensor,
     items: &Tensor,
     targets: &[u32],
-    excluded: Option<&RowExclusions>,
+    excluded: Option<Arc<RowExclusions>>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let (rows, dim) = queries.dims2()?;
@@ -115,30 +109,28 @@ pub fn catalogue_softmax_cross_entropy(
     if let Some(t) = targets.iter().find(|&&t| t as usize >= columns) {
         candle_core::bail!("catalogue softmax: target {t} of {columns} items");
     }
-    let excluded = excluded.cloned().unwrap_or_default();
-    if excluded.rows() > 0 && excluded.rows() != rows {
-        candle_core::bail!(
-            "catalogue softmax: exclusions for {} rows, {rows} queries",
-            excluded.rows()
-        );
-    }
-    if let Some(j) = excluded.columns.iter().find(|&&j| j as usize >= columns) {
-        candle_core::bail!("catalogue softmax: excluded column {j} of {columns} items");
+    if let Some(e) = &excluded {
+        if e.rows() != rows {
+            candle_core::bail!(
+                "catalogue softmax: exclusions for {} rows, {rows} queries",
+                e.rows()
+            );
+        }
+        if let Some(j) = e.columns.iter().find(|&&j| j as usize >= columns) {
+            candle_core::bail!("catalogue softmax: excluded column {j} of {columns} items");
+        }
     }
     let fused =
         queries.device().is_cpu() && queries.dtype() == DType::F32 && items.dtype() == DType::F32;
     if !fused {
         let scores = queries.matmul(&items.t()?)?;
-        let pairs = match excluded.rows() {
-            0 => Vec::new(),
-            _ => excluded.pairs(targets),
-        };
+        let pairs = excluded.map(|e| e.pairs(targets)).unwrap_or_default();
         return softmax_cross_entropy(&scores, scale, None, &pairs, targets);
     }
     let op = CatalogueXent {
         scale: scale as f32,
         targets: Arc::new(targets.to_vec()),
-        excluded: Arc::new(excluded),
+        excluded,
         grads: Arc::new(Mutex::new(None)),
     };
     queries.contiguous()?.apply_op2(&items.contiguous()?, op)
@@ -150,8 +142,7 @@ type Grads = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
 struct CatalogueXent {
     scale: f32,
     targets: Arc<Vec<u32>>,
-    /// No rows: nothing excluded.
-    excluded: Arc<RowExclusions>,
+    excluded: Option<Arc<RowExclusions>>,
     grads: Grads,
 }
 
@@ -180,12 +171,9 @@ impl CatalogueXent {
         for (i, row) in z.chunks_mut(c).enumerate() {
             row.iter_mut().for_each(|s| *s *= self.scale);
             let target = self.targets[first + i];
-            if self.excluded.rows() > 0 {
-                for &j in self.excluded.row(first + i) {
-                    if j != target {
-                        row[j as usize] = f32::NEG_INFINITY;
-                    }
-                }
+            let left_out = self.excluded.as_ref().map_or(&[][..], |e| e.row(first + i));
+            for &j in left_out.iter().filter(|&&j| j != target) {
+                row[j as usize] = f32::NEG_INFINITY;
             }
             loss += softmax_row(row, target as usize, factor);
             row.iter_mut().for_each(|g| *g *= self.scale);
@@ -280,15 +268,18 @@ mod tests {
 
     /// The fused op against Candle ops (matmul, then the unfused softmax with the same
     /// exclusions as pairs) in loss and both gradients, on `p` rows of `c` items.
-    fn assert_fused_matches_candle(p: usize, c: usize, excluded: Option<&RowExclusions>) {
+    fn assert_fused_matches_candle(p: usize, c: usize, excluded: Option<Arc<RowExclusions>>) {
         let d = 8;
         let device = Device::Cpu;
         let q = Var::from_vec(values(p * d, 1), (p, d), &device).unwrap();
         let v = Var::from_vec(values(c * d, 2), (c, d), &device).unwrap();
         let targets: Vec<u32> = (0..p as u32).map(|i| (i * 7) % c as u32).collect();
+        let pairs = excluded
+            .as_ref()
+            .map(|e| e.pairs(&targets))
+            .unwrap_or_default();
         let fused = catalogue_softmax_cross_entropy(&q, &v, &targets, excluded, 20.0).unwrap();
         let scores = q.matmul(&v.t().unwrap()).unwrap();
-        let pairs = excluded.map(|e| e.pairs(&targets)).unwrap_or_default();
         let plain =
             crate::softmax::softmax_cross_entropy_unfused(&scores, 20.0, None, &pairs, &targets)
                 .unwrap();
@@ -341,16 +332,17 @@ mod tests {
             let listed_target = (i % 3 == 0).then_some(target);
             excluded.push_row((0..target).chain(listed_target));
         }
-        assert_fused_matches_candle(p, c, Some(&excluded));
+        assert_fused_matches_candle(p, c, Some(Arc::new(excluded)));
         // The loss of one row with every other column left out is 0 (softmax of one column).
         let device = Device::Cpu;
         let q = Tensor::new(&[[1f32, 2.0]], &device).unwrap();
         let v = Tensor::new(&[[0.5f32, 1.0], [3.0, 3.0], [-1.0, 2.0]], &device).unwrap();
         let mut all_but_target = RowExclusions::default();
         all_but_target.push_row([1, 2]);
-        let loss = catalogue_softmax_cross_entropy(&q, &v, &[0], Some(&all_but_target), 1.0)
-            .and_then(|l| l.to_scalar::<f32>())
-            .unwrap();
+        let loss =
+            catalogue_softmax_cross_entropy(&q, &v, &[0], Some(Arc::new(all_but_target)), 1.0)
+                .and_then(|l| l.to_scalar::<f32>())
+                .unwrap();
         assert!(loss.abs() < 1e-6, "{loss}");
         let unmasked = catalogue_softmax_cross_entropy(&q, &v, &[0], None, 1.0)
             .and_then(|l| l.to_scalar::<f32>())
@@ -369,8 +361,12 @@ mod tests {
         assert!(catalogue_softmax_cross_entropy(&q, &w, &[0, 1], None, 1.0).is_err());
         let mut one_row = RowExclusions::default();
         one_row.push_row([1]);
-        assert!(catalogue_softmax_cross_entropy(&q, &v, &[0, 1], Some(&one_row), 1.0).is_err());
+        let refused = |e: &RowExclusions| {
+            catalogue_softmax_cross_entropy(&q, &v, &[0, 1], Some(Arc::new(e.clone())), 1.0)
+                .is_err()
+        };
+        assert!(refused(&one_row));
         one_row.push_row([4]);
-        assert!(catalogue_softmax_cross_entropy(&q, &v, &[0, 1], Some(&one_row), 1.0).is_err());
+        assert!(refused(&one_row));
     }
 }

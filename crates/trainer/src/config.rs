@@ -1472,30 +1472,46 @@ dir = "runs/x"
 
     #[test]
     fn inconsistent_combinations_are_rejected() {
-        let text = GOOD.replace(
-            "hidden = [64, 32]\n\n[model.senet]",
-            "hidden = [64, 16]\n\n[model.senet]",
-        );
-        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
-        assert!(message.contains("model.item_tower.hidden"), "{message}");
-        let text = GOOD.replace("kind = \"bce\"", "kind = \"bce\"\nlogq_correction = true");
-        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
-        assert!(message.contains("loss.logq_correction"), "{message}");
-        let text = GOOD.replace("embedding_dim = 8", "embedding_dim = 8\nhistory_len = 10");
-        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
-        assert!(message.contains("features.history_len"), "{message}");
-        let text = GOOD.replace("select_metric = \"auc\"", "select_metric = \"hit_rate\"");
-        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
-        assert!(message.contains("train.select_metric"), "{message}");
-        let text = GOOD.replace(
-            "select_metric = \"auc\"",
-            "select_metric = \"auc\"\nselect_ranking = \"masked\"",
-        );
-        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
-        assert!(message.contains("train.select_ranking"), "{message}");
-        let text = GOOD.replace("kind = \"bce\"", "kind = \"bce\"\nexclude_seen = true");
-        let message = RunConfig::from_toml_str(&text).unwrap_err().to_string();
-        assert!(message.contains("loss.exclude_seen"), "{message}");
+        // Each (replace `from` in GOOD by `to`) is refused with a message naming `key`.
+        let cases = [
+            (
+                "hidden = [64, 32]\n\n[model.senet]",
+                "hidden = [64, 16]\n\n[model.senet]",
+                "model.item_tower.hidden",
+            ),
+            (
+                "kind = \"bce\"",
+                "kind = \"bce\"\nlogq_correction = true",
+                "loss.logq_correction",
+            ),
+            (
+                "embedding_dim = 8",
+                "embedding_dim = 8\nhistory_len = 10",
+                "features.history_len",
+            ),
+            (
+                "select_metric = \"auc\"",
+                "select_metric = \"hit_rate\"",
+                "train.select_metric",
+            ),
+            (
+                "select_metric = \"auc\"",
+                "select_metric = \"auc\"\nselect_ranking = \"masked\"",
+                "train.select_ranking",
+            ),
+            (
+                "kind = \"bce\"",
+                "kind = \"bce\"\nexclude_seen = true",
+                "loss.exclude_seen",
+            ),
+        ];
+        for (from, to, key) in cases {
+            assert!(GOOD.contains(from), "{from}");
+            let message = RunConfig::from_toml_str(&GOOD.replace(from, to))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(key), "{key}: {message}");
+        }
     }
 
     #[test]

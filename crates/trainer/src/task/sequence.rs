@@ -547,7 +547,7 @@ struct StepInputs {
     targets: Vec<u32>,
     /// `loss.exclude_seen`: each position's earlier items (catalogue rows), left out of its
     /// softmax.
-    excluded: Option<RowExclusions>,
+    excluded: Option<std::sync::Arc<RowExclusions>>,
     /// The step's dropout seed.
     seed: u64,
 }
@@ -589,7 +589,7 @@ impl SequenceTask<'_> {
             .config
             .loss
             .exclude_seen
-            .then(|| seen_before_targets(&self.sequences, windows));
+            .then(|| std::sync::Arc::new(seen_before_targets(&self.sequences, windows)));
         let users: Vec<u32> = windows.iter().map(|w| w.user).collect();
         Ok(StepInputs {
             users: self.user_batch(&users, buffers)?,
@@ -614,7 +614,7 @@ impl SequenceTask<'_> {
     ) -> Result<Tensor, TrainError> {
         let (vectors, tokens) = self.catalogue(model, step.item_mode(), buffers)?;
         let q = step.queries(model, &tokens, &step.padded.ids)?;
-        let excluded = step.excluded.as_ref();
+        let excluded = step.excluded.clone();
         catalogue_softmax_cross_entropy(&q, &vectors, &step.targets, excluded, self.scale())
             .map_err(TrainError::tensor("computing the loss"))
     }

@@ -104,7 +104,7 @@ impl SequenceTask<'_> {
         let step = self.step_inputs(windows, seed, &mut GatherBuffers::default())?;
         let q = step.queries(model, tokens, &step.padded.ids)?;
         let share = step.targets.len() as f64 / positions.max(1) as f64;
-        let excluded = step.excluded.as_ref();
+        let excluded = step.excluded.clone();
         let loss =
             catalogue_softmax_cross_entropy(&q, vectors, &step.targets, excluded, self.scale())
                 .and_then(|l| l * share)
