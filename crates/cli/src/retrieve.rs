@@ -55,8 +55,10 @@ pub enum ExportIndexArg {
 #[command(
     after_help = "Protocol leave-last-out: every movie in the train split is a candidate; \
     for each user, the held-out movie is ranked among them by the model's score. `unmasked` keeps \
-    the user's train movies in the ranking (DeepMatch, torch-rechub); `masked` removes them \
-    (RecBole). The popularity baseline (train interaction counts) is always printed beside the \
+    the user's train movies in the ranking (DeepMatch, torch-rechub); `masked` removes them, \
+    keeping the validation movie in the test ranking (PROTOCOLS.md); `masked_all` removes every \
+    movie the user saw before the held-out one, the validation movie too (SASRec, HSTU, RecBole's \
+    full-sort test; on the validation split it equals `masked`). The popularity baseline (train interaction counts) is always printed beside the \
     model. The figures go to <run>/retrieval-<split>.json.\n\nExamples:\n  \
     dssm evaluate-retrieval --run runs/ml-1m-llo\n  \
     dssm evaluate-retrieval --run runs/ml-1m-llo --split val"
@@ -248,7 +250,11 @@ pub fn evaluate(args: &EvaluateRetrievalArgs) -> Result<()> {
             .report(ranker, variant)
             .context("the record has every ranker and variant")
     };
-    let (unmasked, masked) = (ProtocolVariant::Unmasked, ProtocolVariant::Masked);
+    let (unmasked, masked, masked_all) = (
+        ProtocolVariant::Unmasked,
+        ProtocolVariant::Masked,
+        ProtocolVariant::MaskedAll,
+    );
     println!("run          {}", recommender.run_dir().display());
     println!("checkpoint   {}", record.checkpoint);
     println!(
@@ -260,7 +266,7 @@ pub fn evaluate(args: &EvaluateRetrievalArgs) -> Result<()> {
     );
     println!(
         "variants     unmasked = train movies stay in the ranking (DeepMatch, torch-rechub); \
-         masked = they are removed (RecBole)"
+         masked = they are removed; masked_all = the validation movie too (SASRec, HSTU, RecBole)"
     );
     print!(
         "{}",
@@ -269,6 +275,8 @@ pub fn evaluate(args: &EvaluateRetrievalArgs) -> Result<()> {
             ("popularity", report("popularity", unmasked)?),
             ("model", report("model", masked)?),
             ("popularity", report("popularity", masked)?),
+            ("model", report("model", masked_all)?),
+            ("popularity", report("popularity", masked_all)?),
         ])
     );
     let misses = report("model", unmasked)?.misses;
@@ -434,7 +442,7 @@ fn format_recommendations(top: &[ScoredItem], recommender: &Recommender) -> Stri
 
 /// The metrics table: one line per (variant, ranker).
 pub(crate) fn format_table(rows: &[(&str, &RankingReport)]) -> String {
-    let mut out = format!("{:<10}{:<12}", "variant", "ranker");
+    let mut out = format!("{:<11}{:<12}", "variant", "ranker");
     for k in PROTOCOL_CUTOFFS {
         out.push_str(&format!("{:>9}", format!("HR@{k}")));
     }
@@ -443,7 +451,7 @@ pub(crate) fn format_table(rows: &[(&str, &RankingReport)]) -> String {
     }
     out.push_str(&format!("{:>9}\n", "MRR"));
     for (ranker, report) in rows {
-        out.push_str(&format!("{:<10}{:<12}", report.variant, ranker));
+        out.push_str(&format!("{:<11}{:<12}", report.variant, ranker));
         for k in PROTOCOL_CUTOFFS {
             let value = report.at(k).map_or(f64::NAN, |m| m.hit_rate);
             out.push_str(&format!("{value:>9.4}"));
@@ -480,7 +488,7 @@ mod tests {
                 && lines[0].contains("NDCG@10")
                 && lines[0].ends_with("MRR")
         );
-        assert!(lines[1].starts_with("masked    model"), "{}", lines[1]);
+        assert!(lines[1].starts_with("masked     model"), "{}", lines[1]);
         // HR@10 = 0.5 (one hit, one miss), MRR = 0.5.
         assert_eq!(lines[1].matches("0.5000").count(), 9, "{}", lines[1]);
     }
@@ -631,7 +639,7 @@ dir = {run:?}
             report.metrics.dataset.manifest_checksum.as_str()
         );
         let reports = |ranker: &str| -> Vec<RankingReport> {
-            ["unmasked", "masked"]
+            ["unmasked", "masked", "masked_all"]
                 .iter()
                 .map(|v| serde_json::from_value(json["metrics"][ranker][v].clone()).unwrap())
                 .collect()

@@ -104,21 +104,19 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     }
     match (&metrics.test, &metrics.retrieval) {
         (Some(test), _) => print_pointwise("test", test),
-        (None, Some(retrieval)) if retrieval.test.len() == 2 => {
+        (None, Some(retrieval)) if !retrieval.test.is_empty() => {
             println!(
-                "test         leave-last-out, {} candidates (unmasked: train movies stay ranked; masked: removed)",
+                "test         leave-last-out, {} candidates (unmasked: train movies stay ranked; \
+                 masked: removed; masked_all: the validation movie too)",
                 retrieval.candidates
             );
-            let (model, popularity) = (&retrieval.test, &retrieval.popularity_test);
-            print!(
-                "{}",
-                crate::retrieve::format_table(&[
-                    ("model", &model[0]),
-                    ("popularity", &popularity[0]),
-                    ("model", &model[1]),
-                    ("popularity", &popularity[1]),
-                ])
-            );
+            let rows: Vec<(&str, &dssm_retrieval::RankingReport)> = retrieval
+                .test
+                .iter()
+                .zip(&retrieval.popularity_test)
+                .flat_map(|(model, popularity)| [("model", model), ("popularity", popularity)])
+                .collect();
+            print!("{}", crate::retrieve::format_table(&rows));
         }
         _ => println!("test         not evaluated (the run stopped before its last epoch)"),
     }

@@ -1,5 +1,5 @@
 //! The `leave-last-out` evaluation of a run (`dssm evaluate-retrieval`): each user's held-out item
-//! ranked among all candidates, unmasked and masked, beside the popularity baseline.
+//! ranked among all candidates, unmasked, masked and masked_all, beside the popularity baseline.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Instant;
 use dssm_data::{Protocol, Split};
 use dssm_retrieval::{
     EmbeddingMatrix, ExactIndex, Exclusions, MatrixView, PROTOCOL_CUTOFFS, PopularityBaseline,
-    ProtocolVariant, RankingReport,
+    ProtocolVariant, RankingReport, SeenItems,
 };
 use dssm_trainer::RunConfig;
 use serde::Serialize;
@@ -53,7 +53,7 @@ pub struct RetrievalRecord {
     pub wall_s: f64,
 }
 
-/// The figures of each ranker by variant (`unmasked`, `masked`).
+/// The figures of each ranker by variant (`unmasked`, `masked`, `masked_all`).
 #[derive(Debug, Clone, Serialize)]
 pub struct VariantMetrics {
     /// The model.
@@ -98,6 +98,11 @@ impl Recommender {
             })
         };
         let (train, held_out) = (read(Split::Train)?, read(split)?);
+        // The test split's users also saw their validation item (`masked_all` removes it).
+        let earlier = match split {
+            Split::Test => Some(read(Split::Val)?),
+            _ => None,
+        };
         if held_out.is_empty() {
             return Err(Error::Run {
                 path: dataset.dir.clone(),
@@ -110,6 +115,7 @@ impl Recommender {
             &dataset.items.train_count,
             (&train.user_row, &train.movie_id),
             (&held_out.user_row, &held_out.movie_id),
+            earlier.as_ref().map(|e| (&e.user_row[..], &e.movie_id[..])),
         )?;
         let record = RetrievalRecord {
             protocol: Protocol::LeaveLastOut.name().to_string(),
@@ -157,18 +163,36 @@ struct RankedSplit {
 /// Ranks each held-out `(user row, movie id)` among the candidates (items with a train count),
 /// by the inner product of the user's and the items' rows, and by train popularity. `users` has one
 /// row per users-table row, `items` one per items-table row; `train` is `(user rows, movie ids)` of
-/// the train split, whose items the masked variant removes.
+/// the train split, whose items the masked variants remove, and `earlier` those of the split held
+/// out before this one (validation, for test), which `masked_all` also removes.
 fn rank_held_out(
     users: &EmbeddingMatrix,
     items: &EmbeddingMatrix,
     train_count: &[u32],
     train: (&[u32], &[u32]),
     held_out: (&[u32], &[u32]),
+    earlier: Option<(&[u32], &[u32])>,
 ) -> Result<RankedSplit> {
     let candidates = candidate_matrix(items, train_count)?;
     let candidate_ids = candidates.ids().to_vec();
     let seen_in_train = items_by_user(users.len(), train.0, train.1)?;
     let train_items = exclusions_for(&seen_in_train, held_out.0);
+    let seen = match earlier {
+        None => SeenItems::train_only(train_items),
+        Some((user_row, movie_id)) => {
+            let by_user = items_by_user(users.len(), user_row, movie_id)?;
+            let earlier: Vec<Option<u32>> = held_out
+                .0
+                .iter()
+                .map(|&row| {
+                    by_user
+                        .get(row as usize)
+                        .and_then(|items| items.last().copied())
+                })
+                .collect();
+            SeenItems::with_earlier(train_items, &earlier)
+        }
+    };
     let queries = gather_rows(users.data(), users.dim(), held_out.0)?;
     let queries = MatrixView::new(&queries, users.dim())?;
     let targets = held_out.1;
@@ -181,19 +205,15 @@ fn rank_held_out(
         popularity: Vec::new(),
     };
     for variant in ProtocolVariant::ALL {
-        let ahead =
-            index.items_ahead_of_targets(queries, targets, variant.exclusions(&train_items))?;
+        let ahead = index.items_ahead_of_targets(queries, targets, variant.exclusions(&seen))?;
         ranked.model.push(RankingReport::from_items_ahead(
             variant.name(),
             &ahead,
             &PROTOCOL_CUTOFFS,
         ));
-        ranked.popularity.push(popularity.evaluate(
-            targets,
-            variant,
-            &train_items,
-            &PROTOCOL_CUTOFFS,
-        )?);
+        ranked
+            .popularity
+            .push(popularity.evaluate(targets, variant, &seen, &PROTOCOL_CUTOFFS)?);
     }
     Ok(ranked)
 }
@@ -261,24 +281,24 @@ mod tests {
     }
 
     #[test]
-    fn masked_ranking_removes_train_items_but_keeps_the_validation_item() {
+    fn masked_keeps_the_validation_item_and_masked_all_removes_it() {
         // Items 1..=4 on one axis: the user prefers 4 > 3 > 2 > 1. Train item 4, val item 3,
         // test item 2.
         let items = EmbeddingMatrix::new(vec![1, 2, 3, 4], 1, vec![1.0, 2.0, 3.0, 4.0]).unwrap();
         let index = ExactIndex::new(items);
         let by_user = items_by_user(1, &[0], &[4]).unwrap();
-        let train = exclusions_for(&by_user, &[0]);
+        let seen = SeenItems::with_earlier(exclusions_for(&by_user, &[0]), &[Some(3)]);
         let query = [1.0f32];
         let queries = MatrixView::new(&query, 1).unwrap();
-        let unmasked = index
-            .items_ahead_of_targets(queries, &[2], ProtocolVariant::Unmasked.exclusions(&train))
-            .unwrap();
-        let masked = index
-            .items_ahead_of_targets(queries, &[2], ProtocolVariant::Masked.exclusions(&train))
-            .unwrap();
-        assert_eq!(unmasked, vec![Some(2)]);
+        let ahead = |variant: ProtocolVariant| {
+            index
+                .items_ahead_of_targets(queries, &[2], variant.exclusions(&seen))
+                .unwrap()
+        };
+        assert_eq!(ahead(ProtocolVariant::Unmasked), vec![Some(2)]);
         // Item 4 is gone; item 3 (validation) still ranks ahead.
-        assert_eq!(masked, vec![Some(1)]);
+        assert_eq!(ahead(ProtocolVariant::Masked), vec![Some(1)]);
+        assert_eq!(ahead(ProtocolVariant::MaskedAll), vec![Some(0)]);
         // A target that is not a candidate is a miss.
         let miss = index.items_ahead_of_targets(queries, &[99], None).unwrap();
         assert_eq!(miss, vec![None]);
@@ -316,12 +336,15 @@ mod tests {
         // Held-out rows in an order unrelated to user rows; user 3's target is its own train item
         // (masked: a miss), user 4's target (40) is not a candidate.
         let held: (Vec<u32>, Vec<u32>) = (vec![5, 3, 0, 4, 1, 2], vec![70, 30, 20, 40, 80, 60]);
+        // The split held out before (validation): users 5, 0 and 2 saw 30, 90 and 10.
+        let earlier: (Vec<u32>, Vec<u32>) = (vec![5, 0, 2], vec![30, 90, 10]);
         let ranked = rank_held_out(
             &users,
             &items,
             &train_count,
             (&train_rows.0, &train_rows.1),
             (&held.0, &held.1),
+            Some((&earlier.0, &earlier.1)),
         )
         .unwrap();
         assert_eq!(ranked.candidates, 8);
@@ -331,17 +354,19 @@ mod tests {
             .filter(|&(row, _)| train_count[row] > 0)
             .map(|(row, &id)| (row, id))
             .collect();
-        // The items a variant removes from user `u`'s ranking: its train items when masked.
+        // The items a variant removes from user `u`'s ranking: its train items when masked, and
+        // its validation item too for masked_all.
+        let of_user = |rows: &(Vec<u32>, Vec<u32>), u: u32| -> Vec<u32> {
+            let pairs = rows.0.iter().zip(&rows.1);
+            pairs.filter(|&(&r, _)| r == u).map(|(_, &m)| m).collect()
+        };
         let excluded = |u: u32, variant: ProtocolVariant| -> Vec<u32> {
             match variant {
                 ProtocolVariant::Unmasked => Vec::new(),
-                ProtocolVariant::Masked => train_rows
-                    .0
-                    .iter()
-                    .zip(&train_rows.1)
-                    .filter(|&(&r, _)| r == u)
-                    .map(|(_, &m)| m)
-                    .collect(),
+                ProtocolVariant::Masked => of_user(&train_rows, u),
+                ProtocolVariant::MaskedAll => {
+                    [of_user(&train_rows, u), of_user(&earlier, u)].concat()
+                }
             }
         };
         for (v, variant) in ProtocolVariant::ALL.into_iter().enumerate() {
@@ -362,7 +387,7 @@ mod tests {
                 })
                 .collect();
             assert_eq!(ahead[3], None, "item 40 is not a candidate");
-            if variant == ProtocolVariant::Masked {
+            if variant != ProtocolVariant::Unmasked {
                 assert_eq!(ahead[1], None, "user 3's target is one of its train items");
             }
             let expected =

@@ -5,7 +5,7 @@
 //!   results are sorted by descending score, equal scores by the lower item id. Per-query
 //!   [`Exclusions`] remove already-seen items.
 //! - Ranking metrics for the `leave-last-out` protocol: [`rank_of_target`], [`RankingReport`] (HR@K =
-//!   Recall@K, NDCG@K, MRR), the [`ProtocolVariant`]s `unmasked` and `masked`, and the
+//!   Recall@K, NDCG@K, MRR), the [`ProtocolVariant`]s `unmasked`, `masked` and `masked_all` (over [`SeenItems`]), and the
 //!   [`PopularityBaseline`].
 //! - Embedding files in Parquet: [`write_embeddings`] and [`read_embeddings`].
 //!
@@ -13,7 +13,7 @@
 //!
 //! ```
 //! use dssm_retrieval::{
-//!     EmbeddingMatrix, ExactIndex, Exclusions, MatrixView, ProtocolVariant, RankingReport, TopK,
+//!     EmbeddingMatrix, ExactIndex, Exclusions, MatrixView, ProtocolVariant, RankingReport, SeenItems, TopK,
 //! };
 //!
 //! // Three items in 2-d, two users.
@@ -26,7 +26,7 @@
 //! assert_eq!(top[1][0].id, 2);
 //!
 //! // Leave-last-out: user 0's target is item 3, user 1's is item 3; user 1 trained on item 2.
-//! let train = Exclusions::from_rows([vec![], vec![2]]);
+//! let train = SeenItems::train_only(Exclusions::from_rows([vec![], vec![2]]));
 //! let variant = ProtocolVariant::Masked;
 //! let ahead = index.items_ahead_of_targets(queries, &[3, 3], variant.exclusions(&train))?;
 //! assert_eq!(ahead, vec![Some(1), Some(0)]);
@@ -50,7 +50,7 @@ pub use exact::{DEFAULT_ITEM_BLOCK, DEFAULT_QUERY_BLOCK, ExactIndex};
 pub use hnsw::{HnswConfig, HnswIndex, embeddings_checksum};
 pub use matrix::{EmbeddingMatrix, Exclusions, MatrixView, ScoredItem};
 pub use metrics::{
-    MetricsAtK, PROTOCOL_CUTOFFS, PopularityBaseline, ProtocolVariant, RankingReport,
+    MetricsAtK, PROTOCOL_CUTOFFS, PopularityBaseline, ProtocolVariant, RankingReport, SeenItems,
     rank_of_target, recall_at_k,
 };
 pub use topk::TopK;

@@ -169,35 +169,106 @@ impl RankingReport {
     }
 }
 
-/// The two variants of the `leave-last-out` protocol.
+/// The variants of the `leave-last-out` protocol: which items each user's ranking leaves out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProtocolVariant {
     /// The user's train items stay in the ranking (DeepMatch, torch-rechub).
     Unmasked,
-    /// The user's train items are removed before ranking (RecBole). At test time the validation item stays
-    /// in the ranking: pass only the train items as exclusions.
+    /// The user's train items are removed before ranking. At test time the validation item stays
+    /// in the ranking (PROTOCOLS.md).
     Masked,
+    /// Every item the user saw before the held-out one is removed: the train items and, at test
+    /// time, the validation item (the query's whole history), as SASRec and HSTU
+    /// (generative-recommenders) and RecBole's full-sort test rank. On the validation split it is
+    /// `Masked`.
+    #[serde(rename = "masked_all")]
+    MaskedAll,
 }
 
 impl ProtocolVariant {
-    /// Both variants, unmasked first.
-    pub const ALL: [ProtocolVariant; 2] = [ProtocolVariant::Unmasked, ProtocolVariant::Masked];
+    /// Every variant, unmasked first.
+    pub const ALL: [ProtocolVariant; 3] = [
+        ProtocolVariant::Unmasked,
+        ProtocolVariant::Masked,
+        ProtocolVariant::MaskedAll,
+    ];
 
-    /// The name used in reports: `unmasked` or `masked`.
+    /// The name used in reports: `unmasked`, `masked` or `masked_all`.
     pub fn name(self) -> &'static str {
         match self {
             ProtocolVariant::Unmasked => "unmasked",
             ProtocolVariant::Masked => "masked",
+            ProtocolVariant::MaskedAll => "masked_all",
         }
     }
 
-    /// The exclusions this variant applies, given each user's train items: none, or all of them.
-    pub fn exclusions(self, train_items: &Exclusions) -> Option<&Exclusions> {
+    /// The exclusions this variant applies: none, the train items, or the whole history.
+    pub fn exclusions(self, seen: &SeenItems) -> Option<&Exclusions> {
         match self {
             ProtocolVariant::Unmasked => None,
-            ProtocolVariant::Masked => Some(train_items),
+            ProtocolVariant::Masked => Some(&seen.train),
+            ProtocolVariant::MaskedAll => Some(seen.history()),
         }
+    }
+}
+
+/// What each held-out user saw before the held-out item, one row per user: the train items, and
+/// the whole history (the train items plus the items held out before this split: the validation
+/// item at test time). The [`ProtocolVariant`]s remove one or the other.
+///
+/// ```
+/// use dssm_retrieval::{Exclusions, ProtocolVariant, SeenItems};
+/// let train = Exclusions::from_rows([vec![3, 5], vec![4]]);
+/// // Test time: user 0's validation item was 8; user 1 had none.
+/// let seen = SeenItems::with_earlier(train, &[Some(8), None]);
+/// let all = ProtocolVariant::MaskedAll.exclusions(&seen).unwrap();
+/// assert_eq!((all.row(0), all.row(1)), (&[3, 5, 8][..], &[4][..]));
+/// assert_eq!(ProtocolVariant::Masked.exclusions(&seen).unwrap().row(0), &[3, 5]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenItems {
+    train: Exclusions,
+    /// `None`: nothing was held out before this split, the history is the train items.
+    history: Option<Exclusions>,
+}
+
+impl SeenItems {
+    /// The validation split's: nothing held out before it, the history is the train items.
+    pub fn train_only(train: Exclusions) -> Self {
+        Self {
+            train,
+            history: None,
+        }
+    }
+
+    /// The test split's: row `i`'s history is its train items then `earlier[i]` (its validation
+    /// item), when there is one. `earlier` has one entry per row of `train`.
+    pub fn with_earlier(train: Exclusions, earlier: &[Option<u32>]) -> Self {
+        let history = Exclusions::from_rows((0..train.rows()).map(|i| {
+            let mut row = train.row(i).to_vec();
+            row.extend(earlier.get(i).copied().flatten());
+            row
+        }));
+        Self {
+            train,
+            history: Some(history),
+        }
+    }
+
+    /// Number of rows (held-out users).
+    pub fn rows(&self) -> usize {
+        self.train.rows()
+    }
+
+    /// The train items of each row.
+    pub fn train(&self) -> &Exclusions {
+        &self.train
+    }
+
+    /// Each row's whole history before its held-out item.
+    pub fn history(&self) -> &Exclusions {
+        self.history.as_ref().unwrap_or(&self.train)
     }
 }
 
@@ -205,13 +276,13 @@ impl ProtocolVariant {
 /// equal counts by the lower item id.
 ///
 /// ```
-/// use dssm_retrieval::{PopularityBaseline, ProtocolVariant, Exclusions};
+/// use dssm_retrieval::{Exclusions, PopularityBaseline, ProtocolVariant, SeenItems};
 /// // Items 1..=4; item 3 seen 3 times, items 1 and 2 twice, item 4 never.
 /// let pop = PopularityBaseline::new(&[1, 2, 3, 4], [3, 3, 3, 1, 2, 1, 2]);
 /// assert_eq!(pop.ranking(), vec![3, 1, 2, 4]);
 /// assert_eq!(pop.items_ahead(2, &[]), Some(2));
 /// assert_eq!(pop.items_ahead(2, &[3]), Some(1));
-/// let train = Exclusions::from_rows([vec![3]]);
+/// let train = SeenItems::train_only(Exclusions::from_rows([vec![3]]));
 /// let report = pop.evaluate(&[2], ProtocolVariant::Masked, &train, &[1, 2])?;
 /// assert_eq!(report.at(2).unwrap().hit_rate, 1.0);
 /// # Ok::<(), dssm_retrieval::Error>(())
@@ -277,22 +348,22 @@ impl PopularityBaseline {
         Some(self.rank[t] - excluded_ahead.len())
     }
 
-    /// The report of this baseline under `variant`, one target per user; `train_items` has one row per
-    /// user (used only by the masked variant).
+    /// The report of this baseline under `variant`, one target per user; `seen` has one row per
+    /// user (used by the masked variants).
     pub fn evaluate(
         &self,
         targets: &[u32],
         variant: ProtocolVariant,
-        train_items: &Exclusions,
+        seen: &SeenItems,
         cutoffs: &[usize],
     ) -> Result<RankingReport> {
-        if train_items.rows() != targets.len() {
+        if seen.rows() != targets.len() {
             return Err(Error::ExclusionRows {
-                exclusions: train_items.rows(),
+                exclusions: seen.rows(),
                 expected: targets.len(),
             });
         }
-        let exclusions = variant.exclusions(train_items);
+        let exclusions = variant.exclusions(seen);
         let ahead: Vec<Option<usize>> = targets
             .par_iter()
             .enumerate()
@@ -354,6 +425,8 @@ mod tests {
             serde_json::to_string(&ProtocolVariant::Masked).unwrap(),
             "\"masked\""
         );
+        let all: ProtocolVariant = serde_json::from_str("\"masked_all\"").unwrap();
+        assert_eq!(all, ProtocolVariant::MaskedAll);
     }
 
     #[test]
@@ -389,7 +462,7 @@ mod tests {
         assert_eq!(pop.items_ahead(7, &[9, 9]), Some(1));
         assert_eq!(pop.items_ahead(7, &[7]), None);
         assert_eq!(pop.items_ahead(42, &[]), None);
-        let train = Exclusions::from_rows([vec![9], vec![]]);
+        let train = SeenItems::train_only(Exclusions::from_rows([vec![9], vec![]]));
         let unmasked = pop
             .evaluate(&[7, 9], ProtocolVariant::Unmasked, &train, &[1, 3])
             .unwrap();
@@ -403,6 +476,17 @@ mod tests {
             .unwrap();
         // User 0 loses item 9 ahead: rank 2.
         assert!((masked.mrr - 0.75).abs() < 1e-12);
+        // At test time user 1's validation item 5 sits ahead of its target 7: only `masked_all`
+        // removes it.
+        let seen =
+            SeenItems::with_earlier(Exclusions::from_rows([vec![9], vec![]]), &[None, Some(5)]);
+        let ranks = |variant| {
+            let report = pop.evaluate(&[7, 7], variant, &seen, &[1, 3]).unwrap();
+            assert_eq!(report.variant, variant.name());
+            report.mrr
+        };
+        assert!((ranks(ProtocolVariant::Masked) - (1.0 / 2.0 + 1.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert!((ranks(ProtocolVariant::MaskedAll) - (1.0 / 2.0 + 1.0 / 2.0) / 2.0).abs() < 1e-12);
         assert!(
             pop.evaluate(&[7], ProtocolVariant::Masked, &train, &[1])
                 .is_err()

@@ -558,6 +558,10 @@ pub struct LossConfig {
     /// leaves a user's train items out. The tower then learns to rank among unseen items only;
     /// pair it with `train.select_ranking = "masked"`. Default false.
     pub exclude_seen: bool,
+    /// With `exclude_seen`: the N items the user saw last before each target stay in its
+    /// softmax, as negatives, so the tower learns not to return what was just watched (the
+    /// `masked` test ranking keeps the validation item, the query's newest). Default 0.
+    pub recent_seen_negatives: usize,
 }
 
 /// Which logits the log-Q correction subtracts ln q from (`loss.logq`).
@@ -581,6 +585,7 @@ impl Default for LossConfig {
             shared_negatives: 0,
             logq: LogQTarget::All,
             exclude_seen: false,
+            recent_seen_negatives: 0,
         }
     }
 }
@@ -1162,6 +1167,13 @@ impl RunConfig {
                 "false unless model.sequence.enabled with loss.kind \"full_softmax\"",
             ));
         }
+        if self.loss.recent_seen_negatives > 0 && !self.loss.exclude_seen {
+            return Err(invalid(
+                "loss.recent_seen_negatives",
+                self.loss.recent_seen_negatives,
+                "0 unless loss.exclude_seen (without it every seen item is a negative)",
+            ));
+        }
         if !sequence.enabled {
             return Ok(());
         }
@@ -1503,6 +1515,11 @@ dir = "runs/x"
                 "kind = \"bce\"",
                 "kind = \"bce\"\nexclude_seen = true",
                 "loss.exclude_seen",
+            ),
+            (
+                "kind = \"bce\"",
+                "kind = \"bce\"\nrecent_seen_negatives = 1",
+                "loss.recent_seen_negatives",
             ),
         ];
         for (from, to, key) in cases {

@@ -29,7 +29,7 @@
 //! sampler. Each validation ranks every user's validation item against all candidates (items with
 //! a train interaction) with `dssm-retrieval`'s exact index, `unmasked`; the best checkpoint is
 //! the one with the highest HR@50 (`select_metric = "hit_rate"`). At the end the test item is
-//! ranked once, under both variants (`unmasked`, `masked`), beside the popularity baseline:
+//! ranked once, under every variant (`unmasked`, `masked`, `masked_all`), beside the popularity baseline:
 //! [`RetrievalMetrics`] in `metrics.json`. `features.history_len` adds a user feature of the
 //! items just before each interaction (see [`config::FeaturesConfig::history_len`]), and
 //! `features.recent_len` a second one of the most recent of them

@@ -97,8 +97,9 @@ pub struct FinalMetrics {
 /// The `leave-last-out` section of `metrics.json`: every user's held-out item ranked against all
 /// candidates (the items with at least one train interaction), equal scores by the lower item
 /// row. Reports at the protocol cut-offs 10, 20, 50, 100 plus MRR. The `unmasked` variant keeps
-/// the user's train items in the ranking (DeepMatch, torch-rechub); `masked` removes them (RecBole;
-/// the validation item stays in the ranking at test time).
+/// the user's train items in the ranking (DeepMatch, torch-rechub); `masked` removes them (the
+/// validation item stays in the ranking at test time, PROTOCOLS.md); `masked_all` removes the
+/// query's whole history, the validation item too (SASRec, HSTU, RecBole's full-sort test).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetrievalMetrics {
     /// Number of candidate items.
@@ -107,11 +108,11 @@ pub struct RetrievalMetrics {
     pub val: Option<RankingReport>,
     /// The popularity baseline on the validation split, `unmasked`.
     pub popularity_val: RankingReport,
-    /// The best checkpoint on the test split: `unmasked`, then `masked`. Empty until the test
-    /// split is evaluated.
+    /// The best checkpoint on the test split: `unmasked`, `masked`, then `masked_all`. Empty
+    /// until the test split is evaluated.
     pub test: Vec<RankingReport>,
-    /// The popularity baseline (train interaction counts) on the test split: `unmasked`, then
-    /// `masked`.
+    /// The popularity baseline (train interaction counts) on the test split: `unmasked`,
+    /// `masked`, then `masked_all`.
     pub popularity_test: Vec<RankingReport>,
 }
 

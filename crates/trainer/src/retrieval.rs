@@ -8,7 +8,7 @@
 use dssm_model::{Dssm, Mode, ModelConfig, Side, Similarity};
 use dssm_retrieval::{
     EmbeddingMatrix, ExactIndex, Exclusions, MatrixView, PopularityBaseline, ProtocolVariant,
-    RankingReport,
+    RankingReport, SeenItems,
 };
 
 use crate::error::TrainError;
@@ -36,14 +36,21 @@ pub(crate) struct HeldOut {
     queries: Vec<u32>,
     /// The held-out item row of each user.
     targets: Vec<u32>,
-    /// The train item rows of each user (masked variant).
-    train_items: Exclusions,
+    /// The item rows each user saw before the held-out one (the masked variants).
+    seen: SeenItems,
 }
 
 impl HeldOut {
     /// User rows, one per held-out interaction.
     pub(crate) fn users(&self) -> &[u32] {
         &self.users
+    }
+
+    /// The test split's: each user's history also holds `earlier[i]`, the item row held out
+    /// before this split (the validation item), which `masked_all` removes.
+    pub(crate) fn after(mut self, earlier: &[Option<u32>]) -> HeldOut {
+        self.seen = SeenItems::with_earlier(self.seen.train().clone(), earlier);
+        self
     }
 }
 
@@ -112,7 +119,7 @@ impl RetrievalSetup {
             users: users.to_vec(),
             queries: users.to_vec(),
             targets: items.to_vec(),
-            train_items,
+            seen: SeenItems::train_only(train_items),
         }
     }
 
@@ -133,7 +140,7 @@ impl RetrievalSetup {
             .iter()
             .map(|&v| {
                 self.popularity
-                    .evaluate(&held_out.targets, v, &held_out.train_items, cutoffs)
+                    .evaluate(&held_out.targets, v, &held_out.seen, cutoffs)
                     .map_err(retrieval_error)
             })
             .collect()
@@ -206,7 +213,7 @@ impl RetrievalSetup {
                     .items_ahead_of_targets(
                         queries,
                         &held_out.targets,
-                        v.exclusions(&held_out.train_items),
+                        v.exclusions(&held_out.seen),
                     )
                     .map_err(retrieval_error)?;
                 Ok(RankingReport::from_items_ahead(v.name(), &ahead, cutoffs))
@@ -289,7 +296,7 @@ mod tests {
         assert_eq!(setup.train_items_of(1), &[1]);
         assert_eq!(setup.train_items_of(2), &[0, 3, 1]);
         let held = setup.held_out(&[2, 0], &[2, 4]);
-        assert_eq!(held.train_items.row(0), &[0, 3, 1]);
+        assert_eq!(held.seen.train().row(0), &[0, 3, 1]);
         // Popularity: item 1 (3x), then 0, 2, 3 (1x each, by id). User 2's target 2 is third
         // unmasked, first once 0, 3, 1 are masked; user 0's target 4 is no candidate: a miss.
         let reports = setup

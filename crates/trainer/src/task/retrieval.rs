@@ -211,7 +211,10 @@ impl Task for RetrievalTask<'_> {
     fn test(&self, best: &Dssm, metrics: &mut FinalMetrics) -> Result<(), TrainError> {
         let (n_users, n_items) = (self.base_users.rows(), self.inputs.items.rows());
         let rows = split_rows(&self.inputs.dataset, Split::Test, n_users, n_items)?;
-        let held_out = held_out(&self.setup, &rows, self.histories.is_some());
+        let validation_items =
+            crate::history::item_of_users(&rows.users, &self.val.users, &self.val.items);
+        let held_out =
+            held_out(&self.setup, &rows, self.histories.is_some()).after(&validation_items);
         let users = query_users(
             &self.base_users,
             self.histories.as_ref(),

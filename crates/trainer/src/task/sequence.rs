@@ -531,8 +531,8 @@ impl Task for SequenceTask<'_> {
 
     fn test(&self, best: &Dssm, metrics: &mut FinalMetrics) -> Result<(), TrainError> {
         let rows = self.inputs.split(Split::Test)?;
-        let held_out = self.setup.held_out(&rows.users, &rows.items);
         let newer = crate::history::item_of_users(&rows.users, &self.val.users, &self.val.items);
+        let held_out = self.setup.held_out(&rows.users, &rows.items).after(&newer);
         let test = self.rank(best, &held_out, Some(&newer), &ProtocolVariant::ALL)?;
         record_test(&self.setup, &held_out, test, metrics)
     }
@@ -585,11 +585,10 @@ impl SequenceTask<'_> {
             .map(|w| &self.sequences.of(w.user)[w.start..w.end - 1]);
         let padded = Padded::new(inputs, self.config.model.sequence.max_len);
         let (positions, targets) = self.targets(windows, &padded);
-        let excluded = self
-            .config
-            .loss
-            .exclude_seen
-            .then(|| std::sync::Arc::new(seen_before_targets(&self.sequences, windows)));
+        let excluded = self.config.loss.exclude_seen.then(|| {
+            let kept = self.config.loss.recent_seen_negatives;
+            std::sync::Arc::new(seen_before_targets(&self.sequences, windows, kept))
+        });
         let users: Vec<u32> = windows.iter().map(|w| w.user).collect();
         Ok(StepInputs {
             users: self.user_batch(&users, buffers)?,
@@ -683,13 +682,17 @@ impl SequenceTask<'_> {
 
 /// One row per target of `windows`, in the order of [`SequenceTask::targets`]: the user's train
 /// items before that target (all of them, not only the window's), as the `masked` ranking
-/// leaves every train item out.
-fn seen_before_targets(sequences: &UserSequences, windows: &[Window]) -> RowExclusions {
+/// leaves every train item out, but for the `kept` newest, which stay in as negatives.
+fn seen_before_targets(
+    sequences: &UserSequences,
+    windows: &[Window],
+    kept: usize,
+) -> RowExclusions {
     let mut excluded = RowExclusions::default();
     for w in windows {
         let sequence = sequences.of(w.user);
         for k in w.start + 1..w.end {
-            excluded.push_row(sequence[..k].iter().copied());
+            excluded.push_row(sequence[..k.saturating_sub(kept)].iter().copied());
         }
     }
     excluded
@@ -733,10 +736,17 @@ mod tests {
                 end: 3,
             },
         ];
-        let excluded = seen_before_targets(&sequences, &windows);
-        let rows: Vec<&[u32]> = (0..excluded.rows()).map(|i| excluded.row(i)).collect();
+        let rows = |kept| {
+            let excluded = seen_before_targets(&sequences, &windows, kept);
+            (0..excluded.rows())
+                .map(|i| excluded.row(i).to_vec())
+                .collect::<Vec<_>>()
+        };
         let expected: [&[u32]; 4] = [&[10, 11, 12], &[20], &[10], &[10, 11]];
-        assert_eq!(rows, expected);
+        assert_eq!(rows(0), expected);
+        // The newest seen item before each target stays in its softmax.
+        let expected: [&[u32]; 4] = [&[10, 11], &[], &[], &[10]];
+        assert_eq!(rows(1), expected);
     }
 
     #[test]

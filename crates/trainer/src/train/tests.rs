@@ -581,10 +581,11 @@ fn leave_last_out_trains_ranks_and_resumes_identically() {
     );
     assert!(hr(val, 50) > 2.0 * random, "val HR@50 {}", hr(val, 50));
     assert_eq!(val.users, 400);
-    // Test: both variants for the model and the baseline, every protocol cut-off.
+    // Test: every variant for the model and the baseline, every protocol cut-off.
     let names = |r: &[RankingReport]| r.iter().map(|r| r.variant.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&retrieval.test), ["unmasked", "masked"]);
-    assert_eq!(names(&retrieval.popularity_test), ["unmasked", "masked"]);
+    let variants = ["unmasked", "masked", "masked_all"];
+    assert_eq!(names(&retrieval.test), variants);
+    assert_eq!(names(&retrieval.popularity_test), variants);
     for report in retrieval.test.iter().chain(&retrieval.popularity_test) {
         assert_eq!(
             report.at_k.iter().map(|m| m.k).collect::<Vec<_>>(),
@@ -601,10 +602,19 @@ fn leave_last_out_trains_ranks_and_resumes_identically() {
         hr(&retrieval.popularity_test[1], 50)
     );
     assert!(hr(unmasked, 50) > 2.0 * random, "{}", hr(unmasked, 50));
-    // Removing the user's train items can only move the target up.
+    // Removing the user's train items can only move the target up, and removing the validation
+    // item too moves it further for some users.
+    let masked_all = &retrieval.test[2];
     for k in PROTOCOL_CUTOFFS {
         assert!(hr(masked, k) >= hr(unmasked, k), "HR@{k}");
+        assert!(hr(masked_all, k) >= hr(masked, k), "HR@{k}");
     }
+    assert!(
+        masked_all.mrr > masked.mrr,
+        "{} {}",
+        masked_all.mrr,
+        masked.mrr
+    );
     let records = &straight.epochs;
     assert!(
         records
@@ -651,7 +661,7 @@ fn leave_last_out_sampled_losses_train() {
         let val = hr(retrieval.val.as_ref().unwrap(), 50);
         eprintln!("{loss}: val HR@50 {val:.4}, random {random:.4}");
         assert!(val > 1.5 * random, "{loss}: val HR@50 {val}");
-        assert_eq!(retrieval.test.len(), 2);
+        assert_eq!(retrieval.test.len(), 3);
     }
 }
 
@@ -689,7 +699,7 @@ fn leave_last_out_with_history_feature_trains_resumes_and_exports() {
     let val = hr(retrieval.val.as_ref().unwrap(), 50);
     eprintln!("history: val HR@50 {val:.4}, random {random:.4}");
     assert!(val > 1.5 * random, "val HR@50 {val}");
-    assert_eq!(retrieval.test.len(), 2);
+    assert_eq!(retrieval.test.len(), 3);
     let loaded = load_run(&out).unwrap();
     let user_features: Vec<_> = loaded.model.config().side_features(Side::User).collect();
     for (name, len) in [("history", 5), ("recent", 2)] {
@@ -926,7 +936,14 @@ fn the_sequence_task_learns_next_items_resumes_identically_and_checks_its_config
             "{items:?}: val HR@50 {val}, random {random}"
         );
         assert_eq!(straight.metrics.engine, "candle");
-        assert_eq!(retrieval.test.len(), 2);
+        assert_eq!(retrieval.test.len(), 3);
+        // The test query's newest item is the validation item: `masked_all` removes it too.
+        for k in PROTOCOL_CUTOFFS {
+            assert!(
+                hr(&retrieval.test[2], k) >= hr(&retrieval.test[1], k),
+                "HR@{k}"
+            );
+        }
         // Loss falls over the epochs: it learns something from the sequences.
         let losses: Vec<f64> = straight.epochs.iter().map(|e| e.train_loss).collect();
         assert!(
@@ -1049,7 +1066,7 @@ fn excluding_seen_items_lowers_the_training_softmax_and_selects_on_the_masked_ra
         assert_eq!(val.variant, variant);
         assert_eq!(report.metrics.val_hit_rate, Some(hr(val, 50)));
         assert_eq!(retrieval.popularity_val.variant, variant);
-        assert_eq!(retrieval.test.len(), 2);
+        assert_eq!(retrieval.test.len(), 3);
     }
     let mut sampled = sampled_sequence_config(&data, &dir.path().join("sampled-excluding"), 4);
     sampled.loss.exclude_seen = true;
