@@ -699,7 +699,8 @@ pub enum SelectRanking {
     /// Every candidate, the user's train items included (DeepMatch, torch-rechub).
     #[default]
     Unmasked,
-    /// The user's train items left out of the ranking (RecBole, SASRec).
+    /// The user's train items left out of the ranking: on the validation split, everything the
+    /// query saw, as RecBole and SASRec rank (`masked` and `masked_all` are the same there).
     Masked,
 }
 
