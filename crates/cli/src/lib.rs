@@ -53,7 +53,7 @@ pub enum Command {
     /// Write a run's user and item embeddings as Parquet, with the movie metadata needed to show results.
     Export(ExportArgs),
     /// Rank each user's held-out movie among all movies in train (protocol leave-last-out): HR, NDCG and
-    /// MRR at 10/20/50/100, unmasked and masked, beside the popularity baseline.
+    /// MRR at 10/20/50/100, unmasked, masked and masked_all, beside the popularity baseline.
     EvaluateRetrieval(EvaluateRetrievalArgs),
     /// Top-K movies for a known user (by id) or a new one (features), after recent movies if given.
     Recommend(RecommendArgs),

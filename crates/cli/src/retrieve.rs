@@ -56,9 +56,9 @@ pub enum ExportIndexArg {
     after_help = "Protocol leave-last-out: every movie in the train split is a candidate; \
     for each user, the held-out movie is ranked among them by the model's score. `unmasked` keeps \
     the user's train movies in the ranking (DeepMatch, torch-rechub); `masked` removes them, \
-    keeping the validation movie in the test ranking (PROTOCOLS.md); `masked_all` removes every \
-    movie the user saw before the held-out one, the validation movie too (SASRec, HSTU, RecBole's \
-    full-sort test; on the validation split it equals `masked`). The popularity baseline (train interaction counts) is always printed beside the \
+    keeping the validation movie in the test ranking; `masked_all` removes every movie the user \
+    saw before the held-out one, the validation movie too (SASRec, HSTU, RecBole's full-sort \
+    test; on the validation split it equals `masked`). The popularity baseline (train interaction counts) is always printed beside the \
     model. The figures go to <run>/retrieval-<split>.json.\n\nExamples:\n  \
     dssm evaluate-retrieval --run runs/ml-1m-llo\n  \
     dssm evaluate-retrieval --run runs/ml-1m-llo --split val"
@@ -250,11 +250,6 @@ pub fn evaluate(args: &EvaluateRetrievalArgs) -> Result<()> {
             .report(ranker, variant)
             .context("the record has every ranker and variant")
     };
-    let (unmasked, masked, masked_all) = (
-        ProtocolVariant::Unmasked,
-        ProtocolVariant::Masked,
-        ProtocolVariant::MaskedAll,
-    );
     println!("run          {}", recommender.run_dir().display());
     println!("checkpoint   {}", record.checkpoint);
     println!(
@@ -268,18 +263,13 @@ pub fn evaluate(args: &EvaluateRetrievalArgs) -> Result<()> {
         "variants     unmasked = train movies stay in the ranking (DeepMatch, torch-rechub); \
          masked = they are removed; masked_all = the validation movie too (SASRec, HSTU, RecBole)"
     );
-    print!(
-        "{}",
-        format_table(&[
-            ("model", report("model", unmasked)?),
-            ("popularity", report("popularity", unmasked)?),
-            ("model", report("model", masked)?),
-            ("popularity", report("popularity", masked)?),
-            ("model", report("model", masked_all)?),
-            ("popularity", report("popularity", masked_all)?),
-        ])
-    );
-    let misses = report("model", unmasked)?.misses;
+    let mut rows = Vec::new();
+    for variant in ProtocolVariant::ALL {
+        rows.push(("model", report("model", variant)?));
+        rows.push(("popularity", report("popularity", variant)?));
+    }
+    print!("{}", format_table(&rows));
+    let misses = report("model", ProtocolVariant::Unmasked)?.misses;
     if misses > 0 {
         println!(
             "misses       {misses} of {} targets are not candidates (never in train) and count as misses",

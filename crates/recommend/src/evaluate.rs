@@ -151,8 +151,8 @@ fn by_variant(reports: &[RankingReport]) -> BTreeMap<String, RankingReport> {
         .collect()
 }
 
-/// The `leave-last-out` figures of one split: unmasked then masked, for the model and the popularity
-/// baseline.
+/// The `leave-last-out` figures of one split, one report per [`ProtocolVariant`] in
+/// [`ProtocolVariant::ALL`]'s order, for the model and the popularity baseline.
 #[derive(Debug)]
 struct RankedSplit {
     candidates: usize,
@@ -177,22 +177,7 @@ fn rank_held_out(
     let candidate_ids = candidates.ids().to_vec();
     let seen_in_train = items_by_user(users.len(), train.0, train.1)?;
     let train_items = exclusions_for(&seen_in_train, held_out.0);
-    let seen = match earlier {
-        None => SeenItems::train_only(train_items),
-        Some((user_row, movie_id)) => {
-            let by_user = items_by_user(users.len(), user_row, movie_id)?;
-            let earlier: Vec<Option<u32>> = held_out
-                .0
-                .iter()
-                .map(|&row| {
-                    by_user
-                        .get(row as usize)
-                        .and_then(|items| items.last().copied())
-                })
-                .collect();
-            SeenItems::with_earlier(train_items, &earlier)
-        }
-    };
+    let seen = seen_items(users.len(), train_items, earlier, held_out.0)?;
     let queries = gather_rows(users.data(), users.dim(), held_out.0)?;
     let queries = MatrixView::new(&queries, users.dim())?;
     let targets = held_out.1;
@@ -216,6 +201,22 @@ fn rank_held_out(
             .push(popularity.evaluate(targets, variant, &seen, &PROTOCOL_CUTOFFS)?);
     }
     Ok(ranked)
+}
+
+/// The queries' train items (`train_items`) and, when a split was held out before this one
+/// (`earlier`: its user rows and movie ids), their whole history: train items and those.
+fn seen_items(
+    users: usize,
+    train_items: Exclusions,
+    earlier: Option<(&[u32], &[u32])>,
+    query_user_rows: &[u32],
+) -> Result<SeenItems> {
+    let Some((user_row, movie_id)) = earlier else {
+        return Ok(SeenItems::train_only(train_items));
+    };
+    let by_user = items_by_user(users, user_row, movie_id)?;
+    let earlier = exclusions_for(&by_user, query_user_rows);
+    Ok(SeenItems::with_earlier(train_items, &earlier)?)
 }
 
 /// For each user-table row, the movie ids of its interactions (in split order).
@@ -287,7 +288,8 @@ mod tests {
         let items = EmbeddingMatrix::new(vec![1, 2, 3, 4], 1, vec![1.0, 2.0, 3.0, 4.0]).unwrap();
         let index = ExactIndex::new(items);
         let by_user = items_by_user(1, &[0], &[4]).unwrap();
-        let seen = SeenItems::with_earlier(exclusions_for(&by_user, &[0]), &[Some(3)]);
+        let validation = Exclusions::from_rows([vec![3]]);
+        let seen = SeenItems::with_earlier(exclusions_for(&by_user, &[0]), &validation).unwrap();
         let query = [1.0f32];
         let queries = MatrixView::new(&query, 1).unwrap();
         let ahead = |variant: ProtocolVariant| {

@@ -221,10 +221,12 @@ impl ProtocolVariant {
 /// use dssm_retrieval::{Exclusions, ProtocolVariant, SeenItems};
 /// let train = Exclusions::from_rows([vec![3, 5], vec![4]]);
 /// // Test time: user 0's validation item was 8; user 1 had none.
-/// let seen = SeenItems::with_earlier(train, &[Some(8), None]);
+/// let validation = Exclusions::from_rows([vec![8], vec![]]);
+/// let seen = SeenItems::with_earlier(train, &validation)?;
 /// let all = ProtocolVariant::MaskedAll.exclusions(&seen).unwrap();
 /// assert_eq!((all.row(0), all.row(1)), (&[3, 5, 8][..], &[4][..]));
 /// assert_eq!(ProtocolVariant::Masked.exclusions(&seen).unwrap().row(0), &[3, 5]);
+/// # Ok::<(), dssm_retrieval::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeenItems {
@@ -242,18 +244,22 @@ impl SeenItems {
         }
     }
 
-    /// The test split's: row `i`'s history is its train items then `earlier[i]` (its validation
-    /// item), when there is one. `earlier` has one entry per row of `train`.
-    pub fn with_earlier(train: Exclusions, earlier: &[Option<u32>]) -> Self {
-        let history = Exclusions::from_rows((0..train.rows()).map(|i| {
-            let mut row = train.row(i).to_vec();
-            row.extend(earlier.get(i).copied().flatten());
-            row
-        }));
-        Self {
+    /// The test split's: row `i`'s history is its train items then `earlier.row(i)` (the items
+    /// held out for validation). `earlier` has one row per row of `train`.
+    pub fn with_earlier(train: Exclusions, earlier: &Exclusions) -> Result<Self> {
+        if earlier.rows() != train.rows() {
+            return Err(Error::ExclusionRows {
+                exclusions: earlier.rows(),
+                expected: train.rows(),
+            });
+        }
+        let history = Exclusions::from_rows(
+            (0..train.rows()).map(|i| [train.row(i), earlier.row(i)].concat()),
+        );
+        Ok(Self {
             train,
             history: Some(history),
-        }
+        })
     }
 
     /// Number of rows (held-out users).
@@ -478,8 +484,11 @@ mod tests {
         assert!((masked.mrr - 0.75).abs() < 1e-12);
         // At test time user 1's validation item 5 sits ahead of its target 7: only `masked_all`
         // removes it.
-        let seen =
-            SeenItems::with_earlier(Exclusions::from_rows([vec![9], vec![]]), &[None, Some(5)]);
+        let train_rows = || Exclusions::from_rows([vec![9], vec![]]);
+        let validation = Exclusions::from_rows([vec![], vec![5]]);
+        let seen = SeenItems::with_earlier(train_rows(), &validation).unwrap();
+        let short = Exclusions::from_rows([vec![5]]);
+        assert!(SeenItems::with_earlier(train_rows(), &short).is_err());
         let ranks = |variant| {
             let report = pop.evaluate(&[7, 7], variant, &seen, &[1, 3]).unwrap();
             assert_eq!(report.variant, variant.name());

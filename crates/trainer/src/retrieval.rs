@@ -5,7 +5,10 @@
 //! Item ids given to the index are item rows of the dataset's items table, which holds the movies
 //! in ascending movie id, so "equal scores by the lower id" is the protocol's tie rule.
 
+use std::collections::HashMap;
+
 use dssm_model::{Dssm, Mode, ModelConfig, Side, Similarity};
+
 use dssm_retrieval::{
     EmbeddingMatrix, ExactIndex, Exclusions, MatrixView, PopularityBaseline, ProtocolVariant,
     RankingReport, SeenItems,
@@ -46,11 +49,23 @@ impl HeldOut {
         &self.users
     }
 
-    /// The test split's: each user's history also holds `earlier[i]`, the item row held out
-    /// before this split (the validation item), which `masked_all` removes.
-    pub(crate) fn after(mut self, earlier: &[Option<u32>]) -> HeldOut {
-        self.seen = SeenItems::with_earlier(self.seen.train().clone(), earlier);
-        self
+    /// The test split's: each user's history also holds the item rows `split_items[j]` of every
+    /// `split_users[j]` that is the user (the validation split's), which `masked_all` removes.
+    pub(crate) fn with_earlier(
+        mut self,
+        split_users: &[u32],
+        split_items: &[u32],
+    ) -> Result<HeldOut, TrainError> {
+        let mut by_user: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (&user, &item) in split_users.iter().zip(split_items) {
+            by_user.entry(user).or_default().push(item);
+        }
+        let earlier = Exclusions::from_rows(
+            (self.users.iter()).map(|u| by_user.get(u).map_or(&[][..], Vec::as_slice)),
+        );
+        self.seen = SeenItems::with_earlier(self.seen.train().clone(), &earlier)
+            .map_err(retrieval_error)?;
+        Ok(self)
     }
 }
 
@@ -311,5 +326,18 @@ mod tests {
         assert_eq!(reports[0].at(3).unwrap().hit_rate, 0.5);
         assert_eq!(reports[1].at(1).unwrap().hit_rate, 0.5);
         assert!(describe(&reports[1]).starts_with("masked"));
+    }
+
+    #[test]
+    fn the_test_history_holds_every_validation_item_of_its_user() {
+        let setup = RetrievalSetup::new(3, 5, &[0, 0, 1, 2], &[1, 2, 1, 0]);
+        // Validation (protocol `time`): user 2 held out items 3 and 4, user 0 item 0, user 1 none.
+        let held = (setup.held_out(&[2, 0, 1], &[1, 3, 2]))
+            .with_earlier(&[2, 0, 2], &[3, 0, 4])
+            .unwrap();
+        let history = held.seen.history();
+        let rows: Vec<&[u32]> = (0..history.rows()).map(|i| history.row(i)).collect();
+        assert_eq!(rows, [&[0, 3, 4][..], &[1, 2, 0], &[1]]);
+        assert_eq!(held.seen.train().row(0), &[0]);
     }
 }

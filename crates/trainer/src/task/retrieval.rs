@@ -1,7 +1,7 @@
 //! The retrieval task (`leave-last-out`, `time`): every train interaction is a positive; the
 //! softmax (or pairwise) losses of [`crate::step`]; each validation ranks every user's
 //! validation item against the whole catalogue, `unmasked`, and the test ranks the test item
-//! under both variants beside the popularity baseline. With `features.history_len`, the users
+//! under every variant beside the popularity baseline. With `features.history_len`, the users
 //! table is expanded to one row per train interaction (its history before it) and per query.
 
 use dssm_data::Split;
@@ -211,10 +211,8 @@ impl Task for RetrievalTask<'_> {
     fn test(&self, best: &Dssm, metrics: &mut FinalMetrics) -> Result<(), TrainError> {
         let (n_users, n_items) = (self.base_users.rows(), self.inputs.items.rows());
         let rows = split_rows(&self.inputs.dataset, Split::Test, n_users, n_items)?;
-        let validation_items =
-            crate::history::item_of_users(&rows.users, &self.val.users, &self.val.items);
-        let held_out =
-            held_out(&self.setup, &rows, self.histories.is_some()).after(&validation_items);
+        let held_out = held_out(&self.setup, &rows, self.histories.is_some())
+            .with_earlier(&self.val.users, &self.val.items)?;
         let users = query_users(
             &self.base_users,
             self.histories.as_ref(),

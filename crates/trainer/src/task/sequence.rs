@@ -532,7 +532,8 @@ impl Task for SequenceTask<'_> {
     fn test(&self, best: &Dssm, metrics: &mut FinalMetrics) -> Result<(), TrainError> {
         let rows = self.inputs.split(Split::Test)?;
         let newer = crate::history::item_of_users(&rows.users, &self.val.users, &self.val.items);
-        let held_out = self.setup.held_out(&rows.users, &rows.items).after(&newer);
+        let held_out = (self.setup.held_out(&rows.users, &rows.items))
+            .with_earlier(&self.val.users, &self.val.items)?;
         let test = self.rank(best, &held_out, Some(&newer), &ProtocolVariant::ALL)?;
         record_test(&self.setup, &held_out, test, metrics)
     }
@@ -545,8 +546,8 @@ struct StepInputs {
     /// The positions of `padded` with a target, flattened, and their target item rows.
     positions: Vec<u32>,
     targets: Vec<u32>,
-    /// `loss.exclude_seen`: each position's earlier items (catalogue rows), left out of its
-    /// softmax.
+    /// `loss.exclude_seen`: each position's earlier items (catalogue rows) but the
+    /// `loss.recent_seen_negatives` newest, left out of its softmax.
     excluded: Option<std::sync::Arc<RowExclusions>>,
     /// The step's dropout seed.
     seed: u64,
