@@ -196,6 +196,11 @@ fn the_rated_rows_recipe_reaches_the_best_seed_auc_target() {
     );
 }
 
+/// The ranking metrics of a `leave-last-out` run (the retrieval and sequence recipes).
+fn ranking_metrics(report: &dssm_trainer::TrainReport) -> &dssm_trainer::RetrievalMetrics {
+    (report.metrics.retrieval.as_ref()).expect("a leave-last-out run reports ranking metrics")
+}
+
 /// DeepMatch's published DSSM test HR@50 on ML-1M under leave-last-out (unmasked).
 const DEEPMATCH_DSSM_HR50: f64 = 0.3555;
 
@@ -205,11 +210,7 @@ fn retrieval_recipe_beats_popularity_at_every_cutoff() {
     let Some(report) = train_prepared(Protocol::LeaveLastOut, "retrieval.toml") else {
         return;
     };
-    let retrieval = report
-        .metrics
-        .retrieval
-        .as_ref()
-        .expect("a leave-last-out run reports ranking metrics");
+    let retrieval = ranking_metrics(&report);
     // Every variant for both rankers, every protocol cut-off: nothing is left out of the zips.
     let variants = |reports: &[dssm_retrieval::RankingReport]| -> Vec<String> {
         reports.iter().map(|r| r.variant.clone()).collect()
@@ -280,11 +281,7 @@ fn the_sequence_recipe_beats_sdm_and_sasrec_where_it_claims_to() {
     let Some(report) = train_prepared(Protocol::LeaveLastOut, "sequence.toml") else {
         return;
     };
-    let retrieval = report
-        .metrics
-        .retrieval
-        .as_ref()
-        .expect("a sequence run reports ranking metrics");
+    let retrieval = ranking_metrics(&report);
     let [unmasked, masked, masked_all] = &retrieval.test[..] else {
         panic!("three test variants, got {}", retrieval.test.len());
     };

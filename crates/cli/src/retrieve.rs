@@ -58,8 +58,8 @@ pub enum ExportIndexArg {
     the user's train movies in the ranking (DeepMatch, torch-rechub); `masked` removes them, \
     keeping the validation movie in the test ranking; `masked_all` removes every movie the user \
     saw before the held-out one, the validation movie too (SASRec, HSTU, RecBole's full-sort \
-    test; on the validation split it equals `masked`). The popularity baseline (train interaction counts) is always printed beside the \
-    model. The figures go to <run>/retrieval-<split>.json.\n\nExamples:\n  \
+    test; on the validation split it equals `masked`). The popularity baseline (train \
+    interaction counts) is always printed beside the model. The figures go to <run>/retrieval-<split>.json.\n\nExamples:\n  \
     dssm evaluate-retrieval --run runs/ml-1m-llo\n  \
     dssm evaluate-retrieval --run runs/ml-1m-llo --split val"
 )]
@@ -263,12 +263,11 @@ pub fn evaluate(args: &EvaluateRetrievalArgs) -> Result<()> {
         "variants     unmasked = train movies stay in the ranking (DeepMatch, torch-rechub); \
          masked = they are removed; masked_all = the validation movie too (SASRec, HSTU, RecBole)"
     );
-    let mut rows = Vec::new();
-    for variant in ProtocolVariant::ALL {
-        rows.push(("model", report("model", variant)?));
-        rows.push(("popularity", report("popularity", variant)?));
-    }
-    print!("{}", format_table(&rows));
+    let pairs = ProtocolVariant::ALL
+        .iter()
+        .map(|&v| Ok((report("model", v)?, report("popularity", v)?)))
+        .collect::<Result<Vec<_>>>()?;
+    print!("{}", format_table(&model_and_popularity_rows(pairs)));
     let misses = report("model", ProtocolVariant::Unmasked)?.misses;
     if misses > 0 {
         println!(
@@ -428,6 +427,15 @@ fn format_recommendations(top: &[ScoredItem], recommender: &Recommender) -> Stri
         out.push_str(&format!("  {:>8.4}\n", item.score));
     }
     out
+}
+
+/// The table rows of (model, popularity) report pairs, one pair per variant: model first.
+pub(crate) fn model_and_popularity_rows<'a>(
+    pairs: impl IntoIterator<Item = (&'a RankingReport, &'a RankingReport)>,
+) -> Vec<(&'static str, &'a RankingReport)> {
+    let rows = pairs.into_iter();
+    rows.flat_map(|(model, popularity)| [("model", model), ("popularity", popularity)])
+        .collect()
 }
 
 /// The metrics table: one line per (variant, ranker).

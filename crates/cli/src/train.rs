@@ -110,12 +110,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
                  masked: removed; masked_all: the validation movie too)",
                 retrieval.candidates
             );
-            let rows: Vec<(&str, &dssm_retrieval::RankingReport)> = retrieval
-                .test
-                .iter()
-                .zip(&retrieval.popularity_test)
-                .flat_map(|(model, popularity)| [("model", model), ("popularity", popularity)])
-                .collect();
+            let pairs = retrieval.test.iter().zip(&retrieval.popularity_test);
+            let rows = crate::retrieve::model_and_popularity_rows(pairs);
             print!("{}", crate::retrieve::format_table(&rows));
         }
         _ => println!("test         not evaluated (the run stopped before its last epoch)"),

@@ -216,7 +216,7 @@ fn seen_items(
     };
     let by_user = items_by_user(users, user_row, movie_id)?;
     let earlier = exclusions_for(&by_user, query_user_rows);
-    Ok(SeenItems::with_earlier(train_items, &earlier)?)
+    Ok(SeenItems::train_only(train_items).with_earlier(&earlier)?)
 }
 
 /// For each user-table row, the movie ids of its interactions (in split order).
@@ -289,7 +289,8 @@ mod tests {
         let index = ExactIndex::new(items);
         let by_user = items_by_user(1, &[0], &[4]).unwrap();
         let validation = Exclusions::from_rows([vec![3]]);
-        let seen = SeenItems::with_earlier(exclusions_for(&by_user, &[0]), &validation).unwrap();
+        let seen = SeenItems::train_only(exclusions_for(&by_user, &[0]));
+        let seen = seen.with_earlier(&validation).unwrap();
         let query = [1.0f32];
         let queries = MatrixView::new(&query, 1).unwrap();
         let ahead = |variant: ProtocolVariant| {

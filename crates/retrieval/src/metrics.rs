@@ -222,13 +222,13 @@ impl ProtocolVariant {
 /// let train = Exclusions::from_rows([vec![3, 5], vec![4]]);
 /// // Test time: user 0's validation item was 8; user 1 had none.
 /// let validation = Exclusions::from_rows([vec![8], vec![]]);
-/// let seen = SeenItems::with_earlier(train, &validation)?;
+/// let seen = SeenItems::train_only(train).with_earlier(&validation)?;
 /// let all = ProtocolVariant::MaskedAll.exclusions(&seen).unwrap();
 /// assert_eq!((all.row(0), all.row(1)), (&[3, 5, 8][..], &[4][..]));
 /// assert_eq!(ProtocolVariant::Masked.exclusions(&seen).unwrap().row(0), &[3, 5]);
 /// # Ok::<(), dssm_retrieval::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SeenItems {
     train: Exclusions,
     /// `None`: nothing was held out before this split, the history is the train items.
@@ -244,20 +244,21 @@ impl SeenItems {
         }
     }
 
-    /// The test split's: row `i`'s history is its train items then `earlier.row(i)` (the items
-    /// held out for validation). `earlier` has one row per row of `train`.
-    pub fn with_earlier(train: Exclusions, earlier: &Exclusions) -> Result<Self> {
-        if earlier.rows() != train.rows() {
+    /// The test split's: `earlier.row(i)` (the items held out for validation) appended to row
+    /// `i`'s history. `earlier` has one row per row.
+    pub fn with_earlier(self, earlier: &Exclusions) -> Result<Self> {
+        if earlier.rows() != self.rows() {
             return Err(Error::ExclusionRows {
                 exclusions: earlier.rows(),
-                expected: train.rows(),
+                expected: self.rows(),
             });
         }
+        let before = self.history();
         let history = Exclusions::from_rows(
-            (0..train.rows()).map(|i| [train.row(i), earlier.row(i)].concat()),
+            (0..self.rows()).map(|i| [before.row(i), earlier.row(i)].concat()),
         );
         Ok(Self {
-            train,
+            train: self.train,
             history: Some(history),
         })
     }
@@ -486,9 +487,14 @@ mod tests {
         // removes it.
         let train_rows = || Exclusions::from_rows([vec![9], vec![]]);
         let validation = Exclusions::from_rows([vec![], vec![5]]);
-        let seen = SeenItems::with_earlier(train_rows(), &validation).unwrap();
+        let seen = SeenItems::train_only(train_rows());
+        let seen = seen.with_earlier(&validation).unwrap();
         let short = Exclusions::from_rows([vec![5]]);
-        assert!(SeenItems::with_earlier(train_rows(), &short).is_err());
+        assert!(
+            SeenItems::train_only(train_rows())
+                .with_earlier(&short)
+                .is_err()
+        );
         let ranks = |variant| {
             let report = pop.evaluate(&[7, 7], variant, &seen, &[1, 3]).unwrap();
             assert_eq!(report.variant, variant.name());

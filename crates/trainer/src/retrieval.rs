@@ -5,8 +5,6 @@
 //! Item ids given to the index are item rows of the dataset's items table, which holds the movies
 //! in ascending movie id, so "equal scores by the lower id" is the protocol's tie rule.
 
-use std::collections::HashMap;
-
 use dssm_model::{Dssm, Mode, ModelConfig, Side, Similarity};
 
 use dssm_retrieval::{
@@ -48,25 +46,6 @@ impl HeldOut {
     pub(crate) fn users(&self) -> &[u32] {
         &self.users
     }
-
-    /// The test split's: each user's history also holds the item rows `split_items[j]` of every
-    /// `split_users[j]` that is the user (the validation split's), which `masked_all` removes.
-    pub(crate) fn with_earlier(
-        mut self,
-        split_users: &[u32],
-        split_items: &[u32],
-    ) -> Result<HeldOut, TrainError> {
-        let mut by_user: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (&user, &item) in split_users.iter().zip(split_items) {
-            by_user.entry(user).or_default().push(item);
-        }
-        let earlier = Exclusions::from_rows(
-            (self.users.iter()).map(|u| by_user.get(u).map_or(&[][..], Vec::as_slice)),
-        );
-        self.seen = SeenItems::with_earlier(self.seen.train().clone(), &earlier)
-            .map_err(retrieval_error)?;
-        Ok(self)
-    }
 }
 
 /// What every evaluation of a run shares: the candidates, the users' train items and the
@@ -75,9 +54,8 @@ impl HeldOut {
 pub(crate) struct RetrievalSetup {
     /// Candidate item rows (train count > 0), ascending.
     candidates: Vec<u32>,
-    /// Train item rows of every user row, in CSR form.
-    offsets: Vec<usize>,
-    items_by_user: Vec<u32>,
+    /// Train item rows of every user row.
+    train_by_user: Exclusions,
     popularity: PopularityBaseline,
 }
 
@@ -85,29 +63,16 @@ impl RetrievalSetup {
     /// Builds the setup from the train interactions (`users[i]` interacted with `items[i]`).
     pub(crate) fn new(n_users: usize, n_items: usize, users: &[u32], items: &[u32]) -> Self {
         let mut counts = vec![0usize; n_items];
-        let mut per_user = vec![0usize; n_users];
-        for (&u, &i) in users.iter().zip(items) {
+        for &i in items {
             counts[i as usize] += 1;
-            per_user[u as usize] += 1;
         }
         let candidates: Vec<u32> = (0..n_items as u32)
             .filter(|&i| counts[i as usize] > 0)
             .collect();
-        let mut offsets = vec![0usize; n_users + 1];
-        for u in 0..n_users {
-            offsets[u + 1] = offsets[u] + per_user[u];
-        }
-        let mut fill = offsets.clone();
-        let mut items_by_user = vec![0u32; users.len()];
-        for (&u, &i) in users.iter().zip(items) {
-            items_by_user[fill[u as usize]] = i;
-            fill[u as usize] += 1;
-        }
         let popularity = PopularityBaseline::new(&candidates, items.iter().copied());
         Self {
             candidates,
-            offsets,
-            items_by_user,
+            train_by_user: group_by_user(n_users, users, items),
             popularity,
         }
     }
@@ -123,8 +88,7 @@ impl RetrievalSetup {
     }
 
     fn train_items_of(&self, user: u32) -> &[u32] {
-        let u = user as usize;
-        &self.items_by_user[self.offsets[u]..self.offsets[u + 1]]
+        self.train_by_user.row(user as usize)
     }
 
     /// The held-out interactions of a split (`users[i]` held out `items[i]`).
@@ -136,6 +100,23 @@ impl RetrievalSetup {
             targets: items.to_vec(),
             seen: SeenItems::train_only(train_items),
         }
+    }
+
+    /// The test split's `held_out`: each user's history also holds its items of the split held
+    /// out before (`users[j]` held out item row `items[j]`: the validation split), which
+    /// `masked_all` removes.
+    pub(crate) fn with_earlier(
+        &self,
+        mut held_out: HeldOut,
+        users: &[u32],
+        items: &[u32],
+    ) -> Result<HeldOut, TrainError> {
+        let by_user = group_by_user(self.train_by_user.rows(), users, items);
+        let earlier =
+            Exclusions::from_rows(held_out.users.iter().map(|&u| by_user.row(u as usize)));
+        let seen = std::mem::take(&mut held_out.seen);
+        held_out.seen = seen.with_earlier(&earlier).map_err(retrieval_error)?;
+        Ok(held_out)
     }
 
     /// Embeds query `j` from row `j` of the users table (one expanded with the history feature).
@@ -237,6 +218,24 @@ impl RetrievalSetup {
     }
 }
 
+/// The item rows of each of `n_users` user rows (`users[i]` has `items[i]`), in split order.
+fn group_by_user(n_users: usize, users: &[u32], items: &[u32]) -> Exclusions {
+    let mut offsets = vec![0usize; n_users + 1];
+    for &u in users {
+        offsets[u as usize + 1] += 1;
+    }
+    for u in 0..n_users {
+        offsets[u + 1] += offsets[u];
+    }
+    let mut fill = offsets.clone();
+    let mut grouped = vec![0u32; users.len()];
+    for (&u, &i) in users.iter().zip(items) {
+        grouped[fill[u as usize]] = i;
+        fill[u as usize] += 1;
+    }
+    Exclusions::new(offsets, grouped).expect("offsets are running counts ending at the item count")
+}
+
 /// Tower outputs of `rows` of one side, `[rows, dim]` row-major, in evaluation mode; each row
 /// L2-normalised when `normalize`.
 pub(crate) fn embed_rows(
@@ -332,9 +331,8 @@ mod tests {
     fn the_test_history_holds_every_validation_item_of_its_user() {
         let setup = RetrievalSetup::new(3, 5, &[0, 0, 1, 2], &[1, 2, 1, 0]);
         // Validation (protocol `time`): user 2 held out items 3 and 4, user 0 item 0, user 1 none.
-        let held = (setup.held_out(&[2, 0, 1], &[1, 3, 2]))
-            .with_earlier(&[2, 0, 2], &[3, 0, 4])
-            .unwrap();
+        let held = setup.held_out(&[2, 0, 1], &[1, 3, 2]);
+        let held = setup.with_earlier(held, &[2, 0, 2], &[3, 0, 4]).unwrap();
         let history = held.seen.history();
         let rows: Vec<&[u32]> = (0..history.rows()).map(|i| history.row(i)).collect();
         assert_eq!(rows, [&[0, 3, 4][..], &[1, 2, 0], &[1]]);

@@ -211,8 +211,8 @@ impl Task for RetrievalTask<'_> {
     fn test(&self, best: &Dssm, metrics: &mut FinalMetrics) -> Result<(), TrainError> {
         let (n_users, n_items) = (self.base_users.rows(), self.inputs.items.rows());
         let rows = split_rows(&self.inputs.dataset, Split::Test, n_users, n_items)?;
-        let held_out = held_out(&self.setup, &rows, self.histories.is_some())
-            .with_earlier(&self.val.users, &self.val.items)?;
+        let held_out = held_out(&self.setup, &rows, self.histories.is_some());
+        let held_out = (self.setup).with_earlier(held_out, &self.val.users, &self.val.items)?;
         let users = query_users(
             &self.base_users,
             self.histories.as_ref(),

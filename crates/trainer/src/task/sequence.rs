@@ -532,8 +532,8 @@ impl Task for SequenceTask<'_> {
     fn test(&self, best: &Dssm, metrics: &mut FinalMetrics) -> Result<(), TrainError> {
         let rows = self.inputs.split(Split::Test)?;
         let newer = crate::history::item_of_users(&rows.users, &self.val.users, &self.val.items);
-        let held_out = (self.setup.held_out(&rows.users, &rows.items))
-            .with_earlier(&self.val.users, &self.val.items)?;
+        let held_out = self.setup.held_out(&rows.users, &rows.items);
+        let held_out = (self.setup).with_earlier(held_out, &self.val.users, &self.val.items)?;
         let test = self.rank(best, &held_out, Some(&newer), &ProtocolVariant::ALL)?;
         record_test(&self.setup, &held_out, test, metrics)
     }
